@@ -1,0 +1,98 @@
+"""Evaluators, declared in the config by name and looked up here (big_vision style).
+
+config.evals = {name: dict(type=<registry key>, ...)}; each evaluator returns {(evaluator, metric): value}
+rows for the results table. Evaluation sets are fixed at start-up (seed-reproducible) and never overlap the
+training stream.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from iclscale import config as config_lib
+from iclscale import mesh as mesh_lib
+
+QUERY_CLASSIFICATION = dict(
+    type="query_classification",
+    sets="grid",            # which family of evaluation sets the task builds (e.g. the stylized IBD/OOBD grid)
+    num_examples=1000,      # sequences per set
+    batch_size=500,         # sequences per forward pass (memory bound for image encoders)
+)
+
+
+def classification_metrics(logits_NxK: jax.Array, batch: dict) -> dict[str, jax.Array]:
+  target_N = batch["target"]
+  correct_N = (jnp.argmax(logits_NxK, -1) == target_N).astype(jnp.float32)
+  out = dict(accuracy=correct_N.mean(), error=(1.0 - correct_N).mean(),
+             ce=optax.softmax_cross_entropy_with_integer_labels(logits_NxK, target_N).mean())
+  if "context_has_query" in batch:  # diagnostic of the stylized sets: how often the context holds the answer
+    out["context_has_query"] = batch["context_has_query"].astype(jnp.float32).mean()
+  return out
+
+
+def batched_logits(apply: Callable, params: Any, batch: dict, batch_size: int) -> jax.Array:
+  """Logits of N sequences computed batch_size at a time (lax.map keeps memory at one batch)."""
+  n = batch["target"].shape[0]
+  chunks = jax.tree.map(lambda x: x.reshape((n // batch_size, batch_size) + x.shape[1:]), batch)
+  logits = jax.lax.map(lambda b: apply(params, b), chunks)
+  return logits.reshape((n,) + logits.shape[2:])
+
+
+class QueryClassification:
+  """Accuracy, error and cross-entropy of the query prediction on each of the task's evaluation sets.
+
+  The sets are stacked [S, N, ...] and mapped over, so the model is compiled once however many sets there are.
+  """
+
+  def __init__(self, name: str, cfg, task: Any, apply: Callable, mesh):
+    self.name = name
+    sets = task.eval_sets(cfg.sets, cfg.num_examples)
+    self.set_names = list(sets)
+    stacked = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *sets.values())
+    self.stacked = jax.tree.map(lambda x: mesh_lib.from_host_copy(x, mesh_lib.batch_sharding(mesh, x.ndim, 1)),
+                                stacked)
+
+    def all_metrics(params, stacked):
+      return jax.lax.map(lambda b: classification_metrics(batched_logits(apply, params, b, cfg.batch_size), b),
+                         stacked)
+    self._fn = jax.jit(all_metrics)
+
+  def __call__(self, params: Any) -> dict[tuple[str, str], float]:
+    out = jax.device_get(self._fn(params, self.stacked))
+    return {(f"{self.name}/{k}", m): float(v[i]) for i, k in enumerate(self.set_names) for m, v in out.items()}
+
+
+def validate_query_classification(name: str, cfg, parallelism: int) -> None:
+  where = f"evals.{name}"
+  config_lib.check_positive(cfg, "num_examples", where)
+  config_lib.check_positive(cfg, "batch_size", where)
+  config_lib.check(cfg.num_examples % cfg.batch_size == 0, f"{where}.num_examples",
+                   f"{cfg.num_examples} is not a multiple of batch_size {cfg.batch_size}")
+  config_lib.check(cfg.batch_size % parallelism == 0, f"{where}.batch_size",
+                   f"{cfg.batch_size} is not divisible by the data-parallel size {parallelism}")
+
+
+# type -> (defaults, validate(name, cfg, parallelism), class(name, cfg, task, apply, mesh))
+REGISTRY: dict[str, tuple[dict, Callable, Callable]] = {
+    "query_classification": (QUERY_CLASSIFICATION, validate_query_classification, QueryClassification),
+}
+
+
+def resolve(evals_cfg, parallelism: int) -> dict[str, Any]:
+  out = {}
+  for name, cfg in evals_cfg.items():
+    config_lib.check("type" in cfg and cfg.type in REGISTRY, f"evals.{name}.type",
+                     f"unknown evaluator type {cfg.get('type')!r} (known: {', '.join(sorted(REGISTRY))})")
+    defaults, validate, _ = REGISTRY[cfg.type]
+    full = config_lib.with_defaults(cfg, defaults, f"evals.{name}")
+    validate(name, full, parallelism)
+    out[name] = full
+  return out
+
+
+def build(evals: dict[str, Any], task: Any, apply: Callable, mesh) -> list[Callable]:
+  return [REGISTRY[cfg.type][2](name, cfg, task, apply, mesh) for name, cfg in evals.items()]

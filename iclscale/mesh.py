@@ -1,0 +1,123 @@
+"""Device mesh (data / fsdp / model axes), batch and parameter shardings, and per-host slicing.
+
+The global batch is split over ('data', 'fsdp'); each process materializes only its own rows and the rows are
+assembled into one global array with `jax.make_array_from_process_local_data`, so a multi-host run reads no data
+twice. Parameters are replicated unless they are large enough to be worth sharding over 'fsdp'.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+from iclscale import config as config_lib
+
+DEFAULTS = dict(
+    num_devices=0,   # use the first n devices (0 = all); 1 gives the single-device reference run
+    data=-1,         # data-parallel axis size (-1 = whatever the other axes leave)
+    fsdp=1,          # parameters sharded over this axis, batch split over data x fsdp
+    model=1,         # tensor-parallel axis for models that define model-axis rules
+)
+AXES = ("data", "fsdp", "model")
+BATCH_AXES = ("data", "fsdp")
+FSDP_MIN_SIZE = 2**18  # parameters smaller than this stay replicated: sharding them costs more than it saves
+
+
+def maybe_initialize_distributed(mode: str = "auto") -> None:
+  """jax.distributed.initialize() for multi-process runs (Cloud TPU pods, multi-node GPU)."""
+  if mode == "off" or jax.distributed.is_initialized():
+    return
+  multi = mode == "on" or bool(os.environ.get("JAX_COORDINATOR_ADDRESS")) or (
+      "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""))
+  if multi:
+    jax.distributed.initialize()
+    logging.info("jax.distributed initialized: process %d of %d", jax.process_index(), jax.process_count())
+
+
+def axis_sizes(cfg, num_devices: int) -> tuple[int, int, int]:
+  sizes = [cfg.data, cfg.fsdp, cfg.model]
+  for name, s in zip(AXES, sizes):
+    config_lib.check(s == -1 or s >= 1, f"mesh.{name}", f"must be -1 or >= 1, got {s}")
+  config_lib.check(sizes.count(-1) <= 1, "mesh", "at most one axis may be -1")
+  known = math.prod(s for s in sizes if s != -1)
+  config_lib.check(num_devices % known == 0, "mesh",
+                   f"{num_devices} devices cannot be split into axes data={cfg.data} fsdp={cfg.fsdp} model={cfg.model}")
+  sizes = [num_devices // known if s == -1 else s for s in sizes]
+  config_lib.check(math.prod(sizes) == num_devices, "mesh",
+                   f"axes {dict(zip(AXES, sizes))} use {math.prod(sizes)} devices, {num_devices} are in use")
+  return tuple(sizes)
+
+
+def num_devices(cfg) -> int:
+  total = jax.device_count()
+  config_lib.check(0 <= cfg.num_devices <= total, "mesh.num_devices",
+                   f"must be in [0, {total}] ({total} devices visible), got {cfg.num_devices}")
+  return cfg.num_devices or total
+
+
+def batch_parallelism(cfg) -> int:
+  data, fsdp, _ = axis_sizes(cfg, num_devices(cfg))
+  return data * fsdp
+
+
+def make_mesh(cfg) -> jax.sharding.Mesh:
+  n = num_devices(cfg)
+  devices = jax.devices()[:n] if n < jax.device_count() else None
+  # Auto axes: plain GSPMD propagation; Explicit (the default of make_mesh) rejects ambiguous contractions.
+  return jax.make_mesh(axis_sizes(cfg, n), AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def batch_spec(ndim: int, batch_dim: int = 0) -> P:
+  spec = [None] * ndim
+  spec[batch_dim] = BATCH_AXES
+  return P(*spec)
+
+
+def batch_sharding(mesh, ndim: int, batch_dim: int = 0) -> NamedSharding:
+  return NamedSharding(mesh, batch_spec(ndim, batch_dim))
+
+
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def fsdp_spec(shape: tuple[int, ...], fsdp: int) -> P:
+  """Shard the largest dimension divisible by the fsdp size; small or indivisible arrays stay replicated."""
+  if fsdp == 1 or math.prod(shape) < FSDP_MIN_SIZE:
+    return P()
+  for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+    if shape[dim] % fsdp == 0:
+      spec = [None] * len(shape)
+      spec[dim] = "fsdp"
+      return P(*spec)
+  return P()
+
+
+def param_shardings(abstract_params: Any, mesh, specs: Any = None) -> Any:
+  """NamedShardings for a parameter tree: model-provided specs if given, else the fsdp rule."""
+  if specs is None:
+    specs = jax.tree.map(lambda x: fsdp_spec(x.shape, mesh.shape["fsdp"]), abstract_params)
+  return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda s: isinstance(s, P))
+
+
+def host_rows(global_batch: int, mesh) -> slice:
+  """The rows of the global batch that this process feeds (its devices' share, in mesh order)."""
+  del mesh  # rows are assigned contiguously by process, matching make_array_from_process_local_data
+  per_host = global_batch // jax.process_count()
+  start = jax.process_index() * per_host
+  return slice(start, start + per_host)
+
+
+def to_global(local: np.ndarray, sharding: NamedSharding, global_shape: tuple[int, ...]) -> jax.Array:
+  return jax.make_array_from_process_local_data(sharding, local, global_shape)
+
+
+def from_host_copy(x: Any, sharding: NamedSharding) -> jax.Array:
+  """A global array from data every process holds in full (e.g. deterministic evaluation sets)."""
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])

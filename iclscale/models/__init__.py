@@ -1,0 +1,69 @@
+"""Model registry: config name -> Model(module, init(key, batch) -> params, apply(params, batch) -> outputs)."""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import ml_collections
+
+from iclscale import config as config_lib
+from iclscale.models import transformer
+
+TRANSFORMER_DEFAULTS = dict(
+    name="transformer",
+    num_layers=2,        # decoder blocks
+    num_heads=1,         # attention heads per block
+    width=64,            # residual stream width d_model
+    mlp_ratio=4,         # MLP hidden = mlp_ratio * width; 0 = attention-only
+    pos_period=30.0,     # base of the sinusoidal positions (30 as upstream, not 1e4)
+    encoder="identity",  # item encoder: identity (frozen, inputs must be `width`-d), linear, resnet
+    encoder_kwargs={},   # extra arguments of the encoder (e.g. ResNet norm)
+)
+
+
+class Model(NamedTuple):
+  module: Any
+  init: Callable    # (key, batch) -> params
+  apply: Callable   # (params, batch) -> outputs the task's loss reads (query logits for ICL tasks)
+
+
+def validate_transformer(cfg, input_shape: tuple[int, ...]) -> None:
+  for f in ("num_layers", "num_heads", "width"):
+    config_lib.check_positive(cfg, f, "model")
+  config_lib.check_positive(cfg, "mlp_ratio", "model", allow_zero=True)
+  config_lib.check(cfg.width % cfg.num_heads == 0, "model.num_heads",
+                   f"width {cfg.width} is not divisible by num_heads {cfg.num_heads}")
+  config_lib.check(cfg.width % 2 == 0, "model.width", "must be even for sinusoidal positions")
+  if cfg.encoder == "identity":
+    config_lib.check(tuple(input_shape) == (cfg.width,), "model.encoder",
+                     f"identity encoder needs inputs of width {cfg.width}, the task gives {tuple(input_shape)}")
+
+
+def build_transformer(cfg, task):
+  encoder = None
+  if cfg.encoder != "identity":
+    from iclscale.models import encoders  # pylint: disable=g-import-not-at-top
+    encoder = encoders.build_encoder(cfg.encoder, cfg.width, **dict(cfg.encoder_kwargs))
+  module = transformer.ICLTransformer(task.num_classes, cfg.width, cfg.num_layers, cfg.num_heads, cfg.mlp_ratio,
+                                      cfg.pos_period, encoder)
+  return Model(module, lambda key, batch: module.init(key, batch["x"], batch["ctx_labels"])["params"],
+               transformer.apply_fn(module))
+
+
+# name -> (defaults, validate(cfg, input_shape), build(cfg, task) -> Model)
+REGISTRY: dict[str, tuple[dict, Callable, Callable]] = {
+    "transformer": (TRANSFORMER_DEFAULTS, validate_transformer, build_transformer),
+}
+
+
+def resolve(cfg: ml_collections.ConfigDict, input_shape: tuple[int, ...]) -> ml_collections.FrozenConfigDict:
+  config_lib.check("name" in cfg and cfg.name in REGISTRY, "model.name",
+                   f"unknown model {cfg.get('name')!r} (known: {', '.join(sorted(REGISTRY))})")
+  defaults, validate, _ = REGISTRY[cfg.name]
+  full = config_lib.with_defaults(cfg, defaults, "model")
+  validate(full, input_shape)
+  return full
+
+
+def build(cfg: ml_collections.FrozenConfigDict, task: Any) -> Model:
+  """Builds a model from a resolved config."""
+  return REGISTRY[cfg.name][2](cfg, task)

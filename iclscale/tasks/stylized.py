@@ -1,0 +1,188 @@
+"""The stylized ICL/IWL distribution of Chan et al. 2024 (`iclr_2025` semantics), as a pure function of (seed, index).
+
+Facts (paper §2 of the reference): K = |C_H| + |C_L| classes with unit-norm Gaussian prototypes; the query class
+is drawn from w (p_high spread over C_H, the rest over C_L); the L context labels are iid from w; r ~ Binomial(L,
+p_relevant) slots hold the query class (existing matches count; we clamp the upstream negative replacement count
+at 0, caveat #5); with r = 0 every slot equal to the query class is re-drawn once; inputs are prototype + σ·noise;
+OOBD shifts every label cyclically inside its frequency group; label noise moves a label to (y+1) mod K.
+
+Unlike upstream (caveat #1), each evaluation set has its own random stream, so it never repeats training sequences.
+Evaluation targets are noise-free, so error measures the predictor rather than the label-noise floor.
+"""
+from __future__ import annotations
+
+import dataclasses
+import zlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from iclscale import config as config_lib
+
+DEFAULTS = dict(
+    name="stylized",
+    num_high=5,          # |C_H|: common classes, ids 0..num_high-1
+    num_low=5,           # |C_L|: rare classes, the next num_low ids
+    p_high=0.9,          # total probability mass of C_H under w
+    p_relevant=0.9,      # per-slot probability that a context slot holds the query class (Binomial relevance)
+    num_relevant=-1,     # >= 0 fixes r instead of drawing it (the fixed-r sweep); -1 draws r ~ Binomial(L, p)
+    input_noise=0.2,     # σ of the Gaussian input noise around each prototype
+    label_noise=0.0,     # ε: probability that a label becomes (y+1) mod K
+    context_len=1,       # L: context pairs before the query
+    dim=64,              # d: input dimension (equals the model width with the identity input encoder)
+    dataset_size=1024,   # N distinct training sequences, sampled uniformly with replacement; 0 = infinite
+)
+
+_TRAIN_STREAM = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """The static shape of the distribution; what varies between evaluation cells lives in `cell` (traced)."""
+  num_high: int
+  num_low: int
+  p_high: float
+  input_noise: float
+  label_noise: float
+  context_len: int
+
+  @property
+  def num_classes(self) -> int:
+    return self.num_high + self.num_low
+
+  def class_weights(self) -> np.ndarray:
+    return np.concatenate([np.full(self.num_high, self.p_high / self.num_high),
+                           np.full(self.num_low, (1.0 - self.p_high) / self.num_low)])
+
+
+CONDITIONING = {"none": 0, "high": 1, "low": 2}  # query ~ w; uniform on C_H; uniform on C_L
+
+
+def cell(p_relevant: float, num_relevant: int = -1, conditioning: str = "none", flip: bool = False,
+         noisy_target: bool = True) -> dict[str, jax.Array]:
+  """Per-set parameters as arrays, so every evaluation cell shares one compiled sampler.
+
+  num_relevant >= 0 fixes r; flip is the OOBD relabeling; noisy_target applies label noise to the query target
+  (training does, evaluation does not).
+  """
+  return dict(p_relevant=jnp.float32(p_relevant), num_relevant=jnp.int32(num_relevant),
+              conditioning=jnp.int32(CONDITIONING[conditioning]), flip=jnp.bool_(flip),
+              noisy_target=jnp.bool_(noisy_target))
+
+
+def validate(cfg) -> None:
+  w = "task"
+  for f in ("num_high", "num_low", "context_len", "dim"):
+    config_lib.check_positive(cfg, f, w)
+  for f in ("p_high", "p_relevant", "label_noise"):
+    config_lib.check_prob(cfg, f, w)
+  config_lib.check(0.0 < cfg.p_high < 1.0, "task.p_high", f"must lie strictly between 0 and 1, got {cfg.p_high}")
+  config_lib.check(cfg.p_high / cfg.num_high >= (1 - cfg.p_high) / cfg.num_low, "task.p_high",
+                   "a common class must be at least as likely as a rare one: p_high/|C_H| >= (1-p_high)/|C_L|")
+  config_lib.check_positive(cfg, "input_noise", w, allow_zero=True)
+  config_lib.check(-1 <= cfg.num_relevant <= cfg.context_len, "task.num_relevant",
+                   f"must be -1 (Binomial) or in [0, context_len={cfg.context_len}], got {cfg.num_relevant}")
+  config_lib.check(cfg.dataset_size == 0 or cfg.dataset_size >= cfg.num_high + cfg.num_low, "task.dataset_size",
+                   f"must be 0 (infinite) or at least the number of classes, got {cfg.dataset_size}")
+
+
+def input_shape(cfg) -> tuple[int, ...]:
+  return (cfg.dim,)
+
+
+def prototypes(key: jax.Array, num_classes: int, dim: int) -> jax.Array:
+  mu_KxD = jax.random.normal(key, (num_classes, dim))
+  return mu_KxD / jnp.linalg.norm(mu_KxD, axis=-1, keepdims=True)
+
+
+def flip_labels(y: jax.Array, num_high: int, num_low: int) -> jax.Array:
+  """OOBD relabeling: a cyclic shift inside each frequency group, so no trained class->label map survives."""
+  return jnp.where(y < num_high, (y + 1) % num_high, num_high + (y - num_high + 1) % num_low)
+
+
+def sample_sequence(key: jax.Array, mu_KxD: jax.Array, spec: Spec, c: dict) -> dict[str, jax.Array]:
+  L, K, nH, nL = spec.context_len, spec.num_classes, spec.num_high, spec.num_low
+  logw_K = jnp.log(jnp.asarray(spec.class_weights(), jnp.float32))
+  k_q, k_u, k_ctx, k_rel, k_pick, k_redraw, k_x, k_noise = jax.random.split(key, 8)
+
+  u = jax.random.uniform(k_u)
+  y_q = jnp.select([c["conditioning"] == 1, c["conditioning"] == 2],
+                   [jnp.floor(u * nH), nH + jnp.floor(u * nL)],
+                   jax.random.categorical(k_q, logw_K)).astype(jnp.int32)
+  ctx_L = jax.random.categorical(k_ctx, logw_K, shape=(L,))
+
+  r = jnp.where(c["num_relevant"] >= 0, c["num_relevant"],
+                jnp.sum(jax.random.uniform(k_rel, (L,)) < c["p_relevant"]))
+  match_L = ctx_L == y_q
+  need = jnp.maximum(r - jnp.sum(match_L), 0)
+  # Overwrite `need` non-matching slots chosen uniformly at random: rank random scores, matches ranked last.
+  score_L = jnp.where(match_L, jnp.inf, jax.random.uniform(k_pick, (L,)))
+  rank_L = jnp.argsort(jnp.argsort(score_L))
+  relevant_L = jnp.where((rank_L < need) & ~match_L, y_q, ctx_L)
+  irrelevant_L = jnp.where(match_L, jax.random.categorical(k_redraw, logw_K, shape=(L,)), ctx_L)
+  ctx_L = jnp.where(r > 0, relevant_L, irrelevant_L)
+
+  y_S = jnp.concatenate([ctx_L, y_q[None]])                      # S = L + 1 items, query last
+  x_SxD = mu_KxD[y_S] + spec.input_noise * jax.random.normal(k_x, (L + 1, mu_KxD.shape[-1]))
+  has_query = jnp.any(ctx_L == y_q)
+  y_S = jnp.where(c["flip"], flip_labels(y_S, nH, nL), y_S)
+  noisy_S = jax.random.uniform(k_noise, (L + 1,)) < spec.label_noise
+  noisy_S = noisy_S.at[-1].set(noisy_S[-1] & c["noisy_target"])
+  y_S = jnp.where(noisy_S, (y_S + 1) % K, y_S)
+  return dict(x=x_SxD, ctx_labels=y_S[:-1], target=y_S[-1], context_has_query=has_query)
+
+
+def sample_batch(key: jax.Array, mu_KxD: jax.Array, indices_B: jax.Array, spec: Spec, c: dict) -> dict:
+  keys_B = jax.vmap(jax.random.fold_in, (None, 0))(key, indices_B)
+  return jax.vmap(sample_sequence, (0, None, None, None))(keys_B, mu_KxD, spec, c)
+
+
+def stream_key(seed: int, name: str) -> jax.Array:
+  """An independent random stream per named set, stable across runs and Python versions."""
+  return jax.random.fold_in(jax.random.key(seed), zlib.crc32(name.encode()) & 0x7FFFFFFF)
+
+
+GRID_FLIPS = {"ibd": False, "oobd": True}
+GRID_RELEVANCE = ("default", "relevant", "irrelevant")
+GRID_GROUPS = {"all": "none", "C_H": "high", "C_L": "low"}
+
+
+class StylizedTask:
+  """Training sequences for step data and the IBD/OOBD × relevance × class-group evaluation grid."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, seed: int):
+    self.cfg = cfg
+    self.seed = seed
+    self.spec = Spec(cfg.num_high, cfg.num_low, cfg.p_high, cfg.input_noise, cfg.label_noise, cfg.context_len)
+    self.num_classes = self.spec.num_classes
+    self.dataset_size = cfg.dataset_size or None
+    # Prototypes depend on the seed only, so training and every evaluation set share them.
+    self.arrays = dict(prototypes=prototypes(stream_key(seed, "prototypes"), self.num_classes, cfg.dim),
+                       train_key=jax.random.key_data(stream_key(seed, "train")))
+
+  def batch(self, arrays: dict, indices_B: jax.Array) -> dict[str, jax.Array]:
+    """Training sequences `indices_B`: a pure function of (seed, index), run on the device."""
+    key = jax.random.wrap_key_data(arrays["train_key"])
+    return sample_batch(key, arrays["prototypes"], indices_B, self.spec,
+                        cell(self.cfg.p_relevant, self.cfg.num_relevant))
+
+  def grid_cell(self, flip: str, relevance: str, group: str) -> dict[str, jax.Array]:
+    p, r = self.cfg.p_relevant, self.cfg.num_relevant
+    if relevance != "default":  # the baselines override r: every slot relevant, or none
+      p, r = (1.0 if relevance == "relevant" else 0.0), -1
+    return cell(p, r, GRID_GROUPS[group], GRID_FLIPS[flip], noisy_target=False)
+
+  def eval_sets(self, kind: str, num_examples: int) -> dict[str, dict[str, jax.Array]]:
+    """The 18 IBD/OOBD grid sets, each from its own stream (never the training one), built in one compiled call."""
+    if kind != "grid":
+      raise ValueError(f"stylized task has no eval set kind {kind!r} (known: grid)")
+    names = [f"{f}/{r}/{g}" for f in GRID_FLIPS for r in GRID_RELEVANCE for g in GRID_GROUPS]
+    cells = jax.tree.map(lambda *xs: jnp.stack(xs), *[self.grid_cell(*n.split("/")) for n in names])
+    keys = jnp.stack([jax.random.key_data(stream_key(self.seed, "eval/" + n)) for n in names])
+    indices = jnp.arange(num_examples, dtype=jnp.uint32)
+    build = jax.vmap(lambda k, c: sample_batch(jax.random.wrap_key_data(k), self.arrays["prototypes"], indices,
+                                               self.spec, c))
+    stacked = jax.jit(build)(keys, cells)
+    return {n: jax.tree.map(lambda x, i=i: x[i], stacked) for i, n in enumerate(names)}

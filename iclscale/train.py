@@ -1,0 +1,276 @@
+"""THE training loop: every study enters here with a config and a workdir.
+
+The loop knows no study: it asks the task for sequences (by index, on the device), the model registry for a
+module, the optimizer builder for a chain and the evaluator registry for sweeps. K steps run per dispatch inside
+one `lax.scan`; the host reads device values only at logging/eval/checkpoint times, and nothing it keeps grows
+with the step count, so 5e7-step runs are practical.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from iclscale import checkpoint as ckpt_lib
+from iclscale import config as config_lib
+from iclscale import evaluate
+from iclscale import mesh as mesh_lib
+from iclscale import models
+from iclscale import optim
+from iclscale import pipeline
+from iclscale import tasks
+from iclscale.results import ResultsTable
+
+TRAIN_DEFAULTS = dict(
+    num_steps=20_000,        # total optimizer steps
+    batch_size=32,           # global batch (sequences per step), split over the data-parallel devices
+    steps_per_dispatch=10,   # K steps per jitted call (lax.scan); every cadence below must be a multiple of K
+    log_every=1000,          # write averaged train loss/accuracy/grad-norm and the lr every this many steps
+)
+TOP_FIELDS = ("seed", "task", "model", "optim", "train", "data", "mesh", "checkpoint", "eval_every", "evals",
+              "report_every_secs", "plot")
+METRICS = ("loss", "accuracy", "grad_norm")
+
+
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Validates the whole config (one clear ConfigError line) and fills in every plug-in's defaults."""
+  for key in config.keys():
+    config_lib.check(key in TOP_FIELDS, key, f"unknown field (known: {', '.join(TOP_FIELDS)})")
+  for key in TOP_FIELDS:
+    config_lib.check(key in config, key, "missing")
+  config_lib.check(isinstance(config.seed, int) and config.seed >= 0, "seed", f"must be an int >= 0, got {config.seed!r}")
+  out = ml_collections.ConfigDict()
+  out.seed = config.seed
+  out.task = tasks.resolve(config.task)
+  out.model = models.resolve(config.model, tasks.input_shape(out.task))
+  out.optim = config_lib.with_defaults(config.optim, optim.DEFAULTS, "optim")
+  optim.validate(out.optim)
+  out.train = tr = config_lib.with_defaults(config.train, TRAIN_DEFAULTS, "train")
+  for f in ("num_steps", "batch_size", "steps_per_dispatch", "log_every"):
+    config_lib.check_positive(tr, f, "train")
+  out.data = config_lib.with_defaults(config.data, pipeline.DEFAULTS, "data")
+  config_lib.check_one_of(out.data, "pipeline", "data", ("grain", "device"))
+  config_lib.check_positive(out.data, "prefetch", "data")
+  out.mesh = config_lib.with_defaults(config.mesh, mesh_lib.DEFAULTS, "mesh")
+  out.checkpoint = config_lib.with_defaults(config.checkpoint, ckpt_lib.DEFAULTS, "checkpoint")
+  config_lib.check_positive(out.checkpoint, "keep", "checkpoint")
+  k = tr.steps_per_dispatch
+  for name, v in (("train.num_steps", tr.num_steps), ("train.log_every", tr.log_every),
+                  ("eval_every", config.eval_every), ("checkpoint.every", out.checkpoint.every)):
+    config_lib.check(isinstance(v, int) and v >= 0 and v % k == 0, name,
+                     f"must be a multiple of train.steps_per_dispatch={k}, got {v!r}")
+  out.eval_every = config.eval_every
+  parallelism = mesh_lib.batch_parallelism(out.mesh)
+  config_lib.check(tr.batch_size % parallelism == 0, "train.batch_size",
+                   f"{tr.batch_size} is not divisible by the data-parallel size {parallelism}")
+  out.evals = evaluate.resolve(config.evals, parallelism)
+  config_lib.check(isinstance(config.report_every_secs, (int, float)) and config.report_every_secs > 0,
+                   "report_every_secs", f"must be > 0, got {config.report_every_secs!r}")
+  out.report_every_secs = config.report_every_secs
+  out.plot = config.plot
+  return out
+
+
+def query_ce(logits_BxK: jax.Array, batch: dict) -> tuple[jax.Array, dict]:
+  """Cross-entropy and accuracy of the query prediction (the default loss of ICL classification tasks)."""
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits_BxK, batch["target"]).mean()
+  acc = (jnp.argmax(logits_BxK, -1) == batch["target"]).mean()
+  return ce, dict(loss=ce, accuracy=acc)
+
+
+def zero_sums() -> dict:
+  return {m: jnp.zeros((), jnp.float32) for m in METRICS + ("count",)}
+
+
+def make_train_chunk(cfg, task, model, tx, mesh):
+  """(state, arrays, indices [K, B] or None) -> state after K steps: one scan, one dispatch.
+
+  The state carries running sums of the train metrics, so the host reads them only when it logs, and a resumed
+  run continues the same logging window as an uninterrupted one.
+  """
+  loss_of = getattr(task, "loss", query_ce)
+  sampler_key = jax.random.fold_in(jax.random.key(cfg.seed), 0x5A3)
+
+  def loss_fn(params, batch):
+    loss, metrics = loss_of(model.apply(params, batch), batch)
+    return loss + optim.penalty(cfg.optim, params), metrics
+
+  def one_step(carry, idx_B):
+    state, arrays = carry
+    if idx_B is None:  # device-side sampling: the bound the Grain pipeline is measured against
+      idx_B = pipeline.device_indices(sampler_key, task.dataset_size, cfg.train.batch_size, state["step"])
+    batch = task.batch(arrays, idx_B)
+    batch = jax.lax.with_sharding_constraint(batch, jax.tree.map(lambda x: mesh_lib.batch_spec(x.ndim), batch))
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads), count=1.0)
+    sums = {m: state["sums"][m] + metrics[m] for m in state["sums"]}
+    return (dict(params=optax.apply_updates(state["params"], updates), opt_state=opt_state,
+                 step=state["step"] + 1, sums=sums), arrays), None
+
+  def chunk(state, arrays, idx_KxB):
+    (state, _), _ = jax.lax.scan(one_step, (state, arrays), idx_KxB, length=cfg.train.steps_per_dispatch)
+    return state
+
+  return jax.jit(chunk, donate_argnums=0)
+
+
+class Preemption:
+  """SIGTERM (TPU preemption, `kill`) asks the loop to save and exit at the next dispatch boundary."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM received: saving a checkpoint and exiting.")
+    self.requested = True
+
+  def due(self, step: int) -> bool:
+    if jax.process_count() > 1:  # every host must stop at the same step: JAX's preemption sync point agrees on it
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
+
+  def close(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def init_state(cfg, task, model, mesh):
+  """Parameters initialized directly with their shardings, the optimizer chain, and the train state."""
+  example = jax.eval_shape(task.batch, task.arrays, jnp.zeros((2,), jnp.uint32))
+  init_key = jax.random.fold_in(jax.random.key(cfg.seed), 0x1417)
+
+  def init_params(key):
+    return model.init(key, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), example))
+
+  abstract = jax.eval_shape(init_params, init_key)
+  tx, lr_fn = optim.build(cfg.optim, abstract, cfg.train.num_steps)
+
+  def init(key):
+    params = jax.lax.with_sharding_constraint(init_params(key), mesh_lib.param_shardings(abstract, mesh))
+    return dict(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32), sums=zero_sums())
+  return jax.jit(init)(init_key), tx, lr_fn
+
+
+class Outputs:
+  """Everything the run writes besides checkpoints: CLU summaries, progress reports, the results table, sweeps.
+
+  Built after the first training dispatch, so the slow imports (CLU pulls in TensorFlow) and the evaluators'
+  compilation overlap with training instead of delaying it.
+  """
+
+  def __init__(self, cfg, config, workdir, task, model, mesh, resume_step, fresh, lr_fn):
+    from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
+    self.results = ResultsTable(workdir, resume_step)
+    self.writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    if fresh:
+      self.writer.write_hparams({n: (v if isinstance(v, (int, float, str, bool)) else str(v))
+                                 for n, v in config_lib.flatten(config).items()})
+    self.report = periodic_actions.ReportProgress(num_train_steps=cfg.train.num_steps, writer=self.writer,
+                                                  every_secs=cfg.report_every_secs)
+    self.evaluators = evaluate.build(cfg.evals, task, model.apply, mesh)
+    self.lr_fn = lr_fn
+    self.last_train: dict[str, float] = {}
+    self.last_evals: dict = {}
+
+  def log_train(self, step: int, sums: dict) -> None:
+    sums = jax.device_get(sums)
+    if not sums["count"]:
+      return
+    out = {f"train/{m}": float(sums[m] / sums["count"]) for m in METRICS}
+    out["train/lr"] = float(self.lr_fn(step))
+    if not np.isfinite(out["train/loss"]):
+      raise FloatingPointError(f"training loss is {out['train/loss']} at step {step}; stopped. "
+                               "Lower optim.lr or set optim.grad_clip, then re-run to resume from the last checkpoint.")
+    self.writer.write_scalars(step, out)
+    self.last_train = out
+
+  def evaluate(self, step: int, params: Any) -> None:
+    values = {}
+    for ev in self.evaluators:
+      values.update(ev(params))
+    values.update({("train", name.split("/", 1)[1]): v for name, v in self.last_train.items()})
+    self.writer.write_scalars(step, {f"{e}/{m}": v for (e, m), v in values.items()})
+    self.results.append(step, values)
+    self.last_evals = values
+
+  def close(self) -> None:
+    self.writer.flush()
+    self.writer.close()
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | None = None) -> dict:
+  """Trains (or resumes) the run `config` in `workdir`; returns the last train and eval metrics."""
+  start_time = start_time or time.time()
+  cfg = resolve(config)  # every ConfigError is raised here, before anything is built or compiled
+  fresh = not ckpt_lib.guard_workdir(workdir, config)
+  mesh = mesh_lib.make_mesh(cfg.mesh)
+  tr, k = cfg.train, cfg.train.steps_per_dispatch
+  outputs = None
+  with jax.set_mesh(mesh):
+    task = tasks.build(cfg.task, cfg.seed)
+    task.arrays = jax.tree.map(lambda x: jax.device_put(x, mesh_lib.replicated(mesh)), task.arrays)
+    model = models.build(cfg.model, task)
+    state, tx, lr_fn = init_state(cfg, task, model, mesh)
+    train_chunk = make_train_chunk(cfg, task, model, tx, mesh)
+    data_iter = None
+    if cfg.data.pipeline == "grain":
+      data_iter = pipeline.make_iterator(cfg.seed, task.dataset_size, tr.batch_size, k, tr.num_steps,
+                                         mesh_lib.host_rows(tr.batch_size, mesh), cfg.data.prefetch)
+    idx_sharding = jax.sharding.NamedSharding(mesh, mesh_lib.batch_spec(2, batch_dim=1))
+
+    checkpointer = ckpt_lib.Checkpointer(workdir, cfg.checkpoint, tr.num_steps, k)
+    restored = None if fresh else checkpointer.restore(state, data_iter)
+    start_step = step = 0
+    if restored is not None:
+      step, state = restored
+      start_step = step
+      logging.info("Resumed from the checkpoint at step %d in %s", step, workdir)
+    preemption = Preemption()
+    try:
+      while step < tr.num_steps:
+        if preemption.due(step):
+          checkpointer.save(step, state, data_iter)
+          checkpointer.wait()
+          logging.warning("Preempted: saved step %d in %s; re-run the same command to resume.", step, workdir)
+          break
+        idx = None if data_iter is None else mesh_lib.to_global(next(data_iter), idx_sharding, (k, tr.batch_size))
+        state = train_chunk(state, task.arrays, idx)
+        step += k
+        if outputs is None:
+          logging.info("First training step dispatched %.1f s after start.", time.time() - start_time)
+          outputs = Outputs(cfg, config, workdir, task, model, mesh, start_step if restored else -1, fresh, lr_fn)
+        outputs.report(step)
+        do_eval = bool(outputs.evaluators) and ckpt_lib.itstime(step, cfg.eval_every, tr.num_steps,
+                                                                checkpointer.milestones)
+        do_save = checkpointer.due(step)
+        # Train metrics are also logged at every save, so a resumed run logs the same windows as an unbroken one.
+        if do_eval or do_save or ckpt_lib.itstime(step, tr.log_every, tr.num_steps):
+          outputs.log_train(step, state["sums"])
+          state = dict(state, sums=zero_sums())
+        if do_eval:
+          outputs.evaluate(step, state["params"])
+        if do_save:
+          checkpointer.save(step, state, data_iter)
+    finally:
+      preemption.close()
+      checkpointer.close()
+      if outputs is not None:
+        outputs.close()
+  if cfg.plot and jax.process_index() == 0 and step >= tr.num_steps and outputs and outputs.evaluators:
+    from iclscale.analysis import plots  # pylint: disable=g-import-not-at-top
+    logging.info("Evaluator curves: %s", plots.plot_run(workdir))
+  return dict(step=step, train=outputs.last_train if outputs else {}, evals=outputs.last_evals if outputs else {})

@@ -1,0 +1,53 @@
+"""Train (or resume) one run: python main.py [--config=configs/X.py[:arg]] [--workdir=DIR] [--config.a.b=v]."""
+import logging as std_logging
+import os
+import sys
+import time
+
+_START = time.time()
+
+from absl import app, flags, logging  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ml_collections import config_flags  # pylint: disable=wrong-import-position
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "chan2024_synthetic.py")
+config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Python config file[:arg]; fields overridable.")
+flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>[_<arg>]). Re-run to resume.")
+flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"], "jax.distributed.initialize() for multi-host runs.")
+FLAGS = flags.FLAGS
+
+
+class _QuietLibraries(std_logging.Filter):
+  """Orbax and Grain narrate every save at INFO; keep their warnings and errors only."""
+
+  def filter(self, record):
+    return record.levelno >= std_logging.WARNING or not any(
+        f"{os.sep}{lib}{os.sep}" in record.pathname for lib in ("orbax", "grain", "jax"))
+
+
+def default_workdir() -> str:
+  path, _, arg = config_flags.get_config_filename(FLAGS["config"]).partition(":")
+  name = os.path.splitext(os.path.basename(path))[0] + (f"_{arg}" if arg else "")
+  return os.path.join("runs", name)
+
+
+def main(argv):
+  del argv
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  import jax  # pylint: disable=g-import-not-at-top
+  from iclscale import config as config_lib, mesh, train  # pylint: disable=g-import-not-at-top
+  # Compiled programs are cached across runs, so re-runs, resumes and sweeps start in seconds.
+  jax.config.update("jax_compilation_cache_dir",
+                    os.environ.get("ICLSCALE_JAX_CACHE", os.path.expanduser("~/.cache/iclscale/jax")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  mesh.maybe_initialize_distributed(FLAGS.distributed)
+  workdir = FLAGS.workdir or default_workdir()
+  try:
+    out = train.run(FLAGS.config, workdir, start_time=_START)
+  except (config_lib.ConfigError, FloatingPointError) as e:
+    sys.exit(f"error: {e}")
+  print(f"Run stopped at step {out['step']}. Outputs in {os.path.abspath(workdir)}: TensorBoard events, "
+        f"checkpoints/, results.csv, curves.png  (view: tensorboard --logdir {workdir})")
+
+
+if __name__ == "__main__":
+  app.run(main)

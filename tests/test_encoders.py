@@ -1,0 +1,129 @@
+"""Tests for iclscale.models.encoders."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from iclscale.models import encoders
+
+
+def _expected_resnet_params(width, channels=(16, 32, 32, 64), blocks=(2, 2, 2, 2),
+                            initial=64, norm_per_channel=0):
+  """Independent count: bias-free convs (+ 2 per channel per norm) + Dense."""
+  n = 7 * 7 * 1 * initial + norm_per_channel * initial
+  c_in = initial
+  for c, num_blocks in zip(channels, blocks):
+    for b in range(num_blocks):
+      inner = c // 4
+      n += c_in * inner + 9 * inner * inner + inner * c
+      n += norm_per_channel * (2 * inner + c)
+      if b == 0:  # projection shortcut
+        n += c_in * c + norm_per_channel * c
+      c_in = c
+  return n + c_in * width + width
+
+
+def _init(model, x):
+  # An RBG key keeps XLA's compile of the ~40 initialisers at a few seconds;
+  # threefry keys cost 3-6x more compile time on CPU. Values are irrelevant.
+  return jax.jit(model.init)(jax.random.key(0, impl='rbg'), x)
+
+
+@pytest.fixture(scope='module')
+def resnet_and_params():
+  model = encoders.build_encoder('resnet', 64)
+  return model, _init(model, jnp.zeros((1, 28, 28)))
+
+
+def test_resnet_shapes_105(resnet_and_params):
+  model, params = resnet_and_params
+  x_BxTxHxW = jax.random.uniform(jax.random.key(1), (2, 3, 105, 105))
+  y_BxTxD = jax.jit(model.apply)(params, x_BxTxHxW)
+  assert y_BxTxD.shape == (2, 3, 64)
+  assert bool(jnp.all(jnp.isfinite(y_BxTxD)))
+
+
+def test_resnet_shapes_28(resnet_and_params):
+  model, params = resnet_and_params
+  apply = jax.jit(model.apply)
+  x_BxTxHxW = jax.random.uniform(jax.random.key(1), (2, 3, 28, 28))
+  y_BxTxD = apply(params, x_BxTxHxW)
+  assert y_BxTxD.shape == (2, 3, 64)
+  # A trailing channel axis of 1 and per-item application give the same result.
+  np.testing.assert_allclose(apply(params, x_BxTxHxW[..., None]), y_BxTxD,
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(apply(params, x_BxTxHxW[1, 2]), y_BxTxD[1, 2],
+                             rtol=1e-4, atol=1e-5)
+  # Different images give different tokens.
+  assert float(jnp.abs(y_BxTxD[0, 0] - y_BxTxD[0, 1]).max()) > 1e-4
+
+
+def test_resnet_param_count(resnet_and_params):
+  _, params = resnet_and_params
+  assert encoders.count_params(params) == _expected_resnet_params(64) == 25056
+  assert set(params['params']) == {
+      'initial_conv', 'projection',
+      *(f'stage{g}_block{b}' for g in range(4) for b in range(2))}
+
+
+@pytest.mark.parametrize('norm', ['group', 'layer'])
+def test_resnet_norm_param_counts(norm):
+  # Shapes only (no compile): the norms add a scale and bias per channel.
+  model = encoders.build_encoder('resnet', 32, norm=norm)
+  x = jnp.ones((2, 28, 28))
+  params = jax.eval_shape(model.init, jax.random.key(0), x)
+  assert encoders.count_params(params) == _expected_resnet_params(32, norm_per_channel=2)
+  assert jax.eval_shape(model.apply, params, x).shape == (2, 32)
+
+
+def test_small_resnet_group_norm_init_and_gradients():
+  # One short stage keeps compile time low; the code path is the full one's.
+  model = encoders.build_encoder('resnet', 8, blocks_per_stage=(2,), channels=(8,),
+                                 strides=(2,), initial_channels=8, norm='group')
+  x = jax.random.uniform(jax.random.key(2), (4, 28, 28))
+  params = _init(model, x)
+  # The last norm of each residual branch starts at zero (DeepMind's init).
+  assert not np.any(params['params']['stage0_block1']['norm_2']['scale'])
+  grads = jax.jit(jax.grad(lambda p: jnp.sum(model.apply(p, x) ** 2)))(params)
+  assert float(jnp.abs(grads['params']['initial_conv']['kernel']).max()) > 0
+  assert bool(jnp.all(jnp.isfinite(model.apply(params, x))))
+
+
+def test_resnet_config_errors():
+  x = jnp.ones((1, 28, 28))
+  with pytest.raises(ValueError, match='norm'):
+    encoders.build_encoder('resnet', 64, norm='batch').init(jax.random.key(0), x)
+  with pytest.raises(ValueError, match='project=False'):
+    encoders.build_encoder('resnet', 32, project=False).init(jax.random.key(0), x)
+  model = encoders.build_encoder('resnet', 64, project=False)  # DeepMind layout
+  params = model.init(jax.random.key(0), x)
+  assert 'projection' not in params['params']
+
+
+def test_linear_encoder():
+  model = encoders.build_encoder('linear', 16, item_ndim=2)
+  x_BxTxHxW = jnp.ones((2, 3, 28, 28))
+  params = model.init(jax.random.key(0), x_BxTxHxW)
+  assert model.apply(params, x_BxTxHxW).shape == (2, 3, 16)
+  assert encoders.count_params(params) == 28 * 28 * 16 + 16
+  vec = encoders.build_encoder('linear', 8)
+  assert vec.apply(vec.init(jax.random.key(0), jnp.ones((5, 4))), jnp.ones((5, 4))).shape == (5, 8)
+
+
+def test_identity_encoder():
+  model = encoders.build_encoder('identity', 64)
+  x_BxTxD = jax.random.normal(jax.random.key(0), (2, 3, 64))
+  params = model.init(jax.random.key(0), x_BxTxD)
+  assert encoders.count_params(params) == 0
+  np.testing.assert_array_equal(model.apply(params, x_BxTxD), x_BxTxD)
+  with pytest.raises(ValueError, match='65 features'):
+    model.apply(params, jnp.ones((2, 3, 65)))
+  images = encoders.build_encoder('identity', 28 * 28, item_ndim=2)
+  assert images.apply({}, jnp.ones((2, 3, 28, 28))).shape == (2, 3, 784)
+
+
+def test_registry():
+  assert set(encoders.ENCODERS) == {'identity', 'linear', 'resnet'}
+  with pytest.raises(ValueError, match='unknown encoder'):
+    encoders.build_encoder('vit', 64)
