@@ -66,8 +66,8 @@ def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
   c.evals = ml_collections.ConfigDict()
   c.evals.grid = dict(                  # IBD/OOBD x {default, relevant, irrelevant} x {all, C_H, C_L}
       type="query_classification", sets="grid",
-      num_examples={"tiny": 100, "quick": 1000, "full": 1000}[scale],
-      batch_size={"tiny": 100, "quick": 1000, "full": 1000}[scale])
+      num_examples={"tiny": 128, "quick": 1000, "full": 1000}[scale],
+      batch_size={"tiny": 128, "quick": 1000, "full": 1000}[scale])
   c.report_every_secs = 30.0            # steps/s and ETA (CLU ReportProgress)
   c.plot = True                         # write curves.png at the end of the run
   return c

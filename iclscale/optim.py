@@ -31,7 +31,18 @@ DEFAULTS = dict(
     l2_form="squared",      # squared (0.5*l2*sum W^2) or norm (l2*sum of per-tensor Frobenius norms)
     l2_scope="all",         # which parameters the penalty sees (same choices as decay_scope)
     frozen="",              # parameters that never update (same choices; "" = none), e.g. fixed embeddings
+    learners={},            # name=bilevel: {group regex: dict(type=ogd|hedge|ftrl, lr=..., ...)} (learners.py)
 )
+
+# name -> build(cfg, params, lr_schedule) -> GradientTransformation; other modules may register more.
+BUILDERS = {
+    "adam": lambda cfg, params, lr: optax.adam(lr, cfg.b1, cfg.b2, cfg.eps),
+    "adamw": lambda cfg, params, lr: optax.adamw(lr, cfg.b1, cfg.b2, cfg.eps, weight_decay=cfg.weight_decay,
+                                                 mask=scope_mask(params, cfg.decay_scope)),
+}
+
+# name -> validate(cfg) for builders with fields of their own (e.g. bilevel's learners); registered with BUILDERS.
+VALIDATORS = {}
 
 # Named parameter groups, as regexes over "/"-joined parameter paths of the project's models.
 SCOPES = {
@@ -44,7 +55,9 @@ SCOPES = {
 
 
 def validate(cfg) -> None:
-  config_lib.check_one_of(cfg, "name", "optim", ("adam", "adamw"))
+  config_lib.check_one_of(cfg, "name", "optim", tuple(BUILDERS))
+  if cfg.name in VALIDATORS:
+    VALIDATORS[cfg.name](cfg)
   config_lib.check_one_of(cfg, "schedule", "optim", ("constant", "warmup_rsqrt", "warmup_cosine"))
   config_lib.check_one_of(cfg, "l2_form", "optim", ("squared", "norm"))
   config_lib.check_positive(cfg, "lr", "optim")
@@ -87,11 +100,7 @@ def build(cfg, params: Any, num_steps: int) -> tuple[optax.GradientTransformatio
   parts = []
   if cfg.grad_clip > 0:
     parts.append(optax.clip_by_global_norm(cfg.grad_clip))
-  if cfg.name == "adamw":
-    parts.append(optax.adamw(lr, cfg.b1, cfg.b2, cfg.eps, weight_decay=cfg.weight_decay,
-                             mask=scope_mask(params, cfg.decay_scope)))
-  else:
-    parts.append(optax.adam(lr, cfg.b1, cfg.b2, cfg.eps))
+  parts.append(BUILDERS[cfg.name](cfg, params, lr))
   tx = optax.chain(*parts)
   if cfg.frozen:
     frozen = scope_mask(params, cfg.frozen)
@@ -113,3 +122,7 @@ def penalty(cfg, params: Any) -> jax.Array:
     sq = jnp.sum(jnp.square(p))
     return jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
   return cfg.l2 * sum(safe_norm(p) for p in leaves)
+
+
+# The no-regret learners of Algorithm 1 register optim.name='bilevel' (imported last: learners.py reads BUILDERS).
+from iclscale import learners  # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import  # noqa: E402,F401

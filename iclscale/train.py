@@ -96,7 +96,7 @@ def make_train_chunk(cfg, task, model, tx, mesh):
   The state carries running sums of the train metrics, so the host reads them only when it logs, and a resumed
   run continues the same logging window as an uninterrupted one.
   """
-  loss_of = getattr(task, "loss", query_ce)
+  loss_of = model.loss or getattr(task, "loss", query_ce)
   sampler_key = jax.random.fold_in(jax.random.key(cfg.seed), 0x5A3)
 
   def loss_fn(params, batch):

@@ -334,7 +334,7 @@ def load_omniglot(source: Union[PathLike, Sequence[PathLike], None] = None,
     dtype: 'uint8' (255 = white, 4x smaller) or 'float32' (1.0 = white).
     cache: keep the decoded/resized base table as .npy when building it is
       slow (PNG decoding or resizing, > 1 s); the shipped npz at native size
-      loads in ~1.5 s and is never duplicated on disk. Augmentation is a fast
+      decodes in ~1 s and is not duplicated on disk (358 MB). Augmentation is a fast
       numpy copy applied after the cache and is not stored (8x the disk).
     cache_dir: default $ICLSCALE_CACHE or ~/.cache/iclscale (+ /omniglot).
   """

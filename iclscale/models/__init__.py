@@ -24,6 +24,7 @@ class Model(NamedTuple):
   module: Any
   init: Callable    # (key, batch) -> params
   apply: Callable   # (params, batch) -> outputs the task's loss reads (query logits for ICL tasks)
+  loss: Callable | None = None  # (outputs, batch) -> (loss, metrics); None = the task's loss or query CE
 
 
 def validate_transformer(cfg, input_shape: tuple[int, ...]) -> None:
@@ -53,6 +54,10 @@ def build_transformer(cfg, task):
 REGISTRY: dict[str, tuple[dict, Callable, Callable]] = {
     "transformer": (TRANSFORMER_DEFAULTS, validate_transformer, build_transformer),
 }
+
+# The stylized gated model f = α·g + (1−α)·h of Chan et al. 2024 (also registers the 'gated_heads' evaluator).
+from iclscale.models import gated  # pylint: disable=g-import-not-at-top,wrong-import-position  # noqa: E402
+REGISTRY["gated"] = (gated.DEFAULTS, gated.validate, gated.build)
 
 
 def resolve(cfg: ml_collections.ConfigDict, input_shape: tuple[int, ...]) -> ml_collections.FrozenConfigDict:

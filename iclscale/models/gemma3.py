@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import PartitionSpec
 
 # Fill value for masked attention logits, as in the JAX gemma library (a large finite negative,
@@ -187,6 +188,34 @@ def merge_lora(params: Any, cfg: Gemma3Config) -> Any:
     return {k: merge(v, k) for k, v in node.items()}
 
   return merge(_unfreeze(params), None)
+
+
+def init_lora(params: Any, cfg: Gemma3Config, seed: int = 0) -> Any:
+  """Add fresh LoRA factors (A ~ N(0, 1/fan_in), B = 0) to a LoRA-free tree such as loaded
+  weights; the base weights are kept (flax's init would redraw all of them: slow, and 1 GB for
+  270M). Returns the tree for a `Gemma3(cfg)` model, cfg.lora_rank > 0."""
+  if not cfg.lora_rank:
+    raise ValueError("cfg.lora_rank must be > 0")
+  shapes = jax.eval_shape(Gemma3(cfg).init, jax.random.PRNGKey(0),
+                          jnp.zeros((1, 1), jnp.int32))["params"]
+  rng = np.random.default_rng(seed)
+  base = _unfreeze(params)
+
+  def fill(path, leaf):
+    keys = [_key(k) for k in path]
+    if keys[-1] == "lora_b":
+      return jnp.zeros(leaf.shape, leaf.dtype)
+    if keys[-1] == "lora_a":
+      site = LORA_SITES[keys[-2]]
+      x_letters, _ = _weight_letters(site)
+      fan_in = math.prod(n for c, n in zip(site.lora_a, leaf.shape) if c in x_letters)
+      return jnp.asarray(rng.normal(scale=fan_in**-0.5, size=leaf.shape), leaf.dtype)
+    node = base
+    for k in keys:
+      node = node[k]
+    return node
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def lora_mask(params: Any) -> Any:

@@ -1,0 +1,65 @@
+"""Throughput of the ResNet item encoder under jit (forward+backward and forward).
+
+One step encodes a batch of B sequences x T images ([B, T, S, S] -> [B, T, D])
+and, for forward+backward, takes the gradient of a scalar loss w.r.t. all
+encoder parameters: the encoder's share of one training step of the bursty
+Omniglot task (B = 32, T = 9 in Chan et al. 2022).
+
+  python -m benchmarks.resnet_encoder               # from the repo root; 105 and 28 px
+  python -m benchmarks.resnet_encoder --sizes 28 --steps 20 --norm group
+"""
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+
+from iclscale.models import encoders
+
+
+def _time(fn, *args, steps: int):
+  """(compile+first-call seconds, mean seconds per later call)."""
+  start = time.perf_counter()
+  jax.block_until_ready(fn(*args))
+  first = time.perf_counter() - start
+  start = time.perf_counter()
+  for _ in range(steps):
+    out = fn(*args)
+  jax.block_until_ready(out)
+  return first, (time.perf_counter() - start) / steps
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--sizes', type=int, nargs='+', default=[105, 28])
+  parser.add_argument('--batch', type=int, default=32)
+  parser.add_argument('--seq', type=int, default=9)
+  parser.add_argument('--width', type=int, default=64)
+  parser.add_argument('--norm', default='none', choices=encoders.NORMS)
+  parser.add_argument('--steps', type=int, default=5)
+  args = parser.parse_args()
+
+  model = encoders.build_encoder('resnet', args.width, norm=args.norm)
+  # RBG keys compile the initialisers much faster than threefry on CPU.
+  params = jax.jit(model.init)(jax.random.key(0, impl='rbg'), jnp.zeros((1, 28, 28)))
+  print(f'device={jax.devices()[0].platform} ({jax.device_count()}) '
+        f'params={encoders.count_params(params)} norm={args.norm} '
+        f'batch={args.batch}x{args.seq} images, {args.steps} timed steps')
+
+  def loss_fn(p, x_BxTxSxS):
+    return jnp.mean(model.apply(p, x_BxTxSxS) ** 2)
+
+  forward = jax.jit(model.apply)
+  forward_backward = jax.jit(jax.value_and_grad(loss_fn))
+  images_per_step = args.batch * args.seq
+  for size in args.sizes:
+    x_BxTxSxS = jax.random.uniform(jax.random.key(1), (args.batch, args.seq, size, size))
+    for name, fn in (('fwd+bwd', forward_backward), ('fwd', forward)):
+      compile_s, step_s = _time(fn, params, x_BxTxSxS, steps=args.steps)
+      print(f'{size:>4} px {name:>8}: {images_per_step / step_s:9.0f} images/s '
+            f'({step_s * 1e3:7.1f} ms/step, first call {compile_s:5.1f} s)')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,36 @@
+"""Test set-up: 8 simulated CPU devices (set before JAX starts) and tiny configs."""
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import pytest  # pylint: disable=wrong-import-position
+
+from configs import chan2024_synthetic  # pylint: disable=wrong-import-position
+
+
+def tiny_config(**overrides):
+  """The stylized tiny config with dotted-key overrides, e.g. tiny_config(**{"train.num_steps": 100})."""
+  c = chan2024_synthetic.get_config("tiny")
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+@pytest.fixture
+def tiny():
+  return tiny_config
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _compilation_cache(tmp_path_factory):
+  """Runs in one session compile the same programs; the persistent cache lets later runs skip compilation."""
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
