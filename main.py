@@ -33,12 +33,8 @@ def default_workdir() -> str:
 def main(argv):
   del argv
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  import jax  # pylint: disable=g-import-not-at-top
   from iclscale import config as config_lib, mesh, train  # pylint: disable=g-import-not-at-top
-  # Compiled programs are cached across runs, so re-runs, resumes and sweeps start in seconds.
-  jax.config.update("jax_compilation_cache_dir",
-                    os.environ.get("ICLSCALE_JAX_CACHE", os.path.expanduser("~/.cache/iclscale/jax")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  train.enable_compilation_cache()
   mesh.maybe_initialize_distributed(FLAGS.distributed)
   workdir = FLAGS.workdir or default_workdir()
   try:

@@ -8,6 +8,7 @@ with the step count, so 5e7-step runs are practical.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -77,6 +78,13 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   out.report_every_secs = config.report_every_secs
   out.plot = config.plot
   return out
+
+
+def enable_compilation_cache(path: str | None = None) -> None:
+  """Persist compiled programs across processes: re-runs, resumes and sweep members start without compiling."""
+  path = path or os.environ.get("ICLSCALE_JAX_CACHE", os.path.expanduser("~/.cache/iclscale/jax"))
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def query_ce(logits_BxK: jax.Array, batch: dict) -> tuple[jax.Array, dict]:

@@ -191,8 +191,11 @@ _SHARDED_SCRIPT = textwrap.dedent("""
     mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("fsdp", "model"))
     cfg = Gemma3Config.tiny()  # 2 kv heads: not divisible by model=4, so kept replicated
     model = Gemma3(cfg)
-    tokens = jax.random.randint(jax.random.PRNGKey(0), (4, 12), 0, cfg.vocab_size)
-    params = model.init(jax.random.PRNGKey(1), tokens)["params"]
+    rng = np.random.default_rng(0)
+    tokens = jnp.asarray(rng.integers(0, cfg.vocab_size, size=(4, 12)), jnp.int32)
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), tokens)["params"]
+    params = jax.tree.map(lambda x: rng.normal(scale=0.3, size=x.shape).astype(np.float32),
+                          shapes)  # numpy draws: flax's init compiles slowly on CPU
     ref = np.asarray(model.apply({"params": params}, tokens))
     specs = param_partition_specs(params, mesh=mesh)
     sharded = jax.tree.map(lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), params, specs)
@@ -436,14 +439,14 @@ def sanity_run(gemma270m):
     row[:len(ids)] = ids
 
   @jax.jit
-  def next_logits(tokens_BxT, lengths_B):
+  def next_logits(params, tokens_BxT, lengths_B):  # params as an argument, not a constant
     mask_BxT = jnp.arange(tokens_BxT.shape[1])[None] < lengths_B[:, None]
     return model.apply({"params": params}, tokens_BxT, input_mask_BxT=mask_BxT,
                        logits_at_BxN=(lengths_B - 1)[:, None])[:, 0]
 
   first, generated = None, []
   for _ in range(GREEDY_STEPS):
-    logits_BxV = np.asarray(next_logits(buf, lengths))
+    logits_BxV = np.asarray(next_logits(params, buf, lengths))
     first = jax.nn.log_softmax(logits_BxV) if first is None else first
     nxt = logits_BxV.argmax(-1)
     buf[np.arange(len(prompts)), lengths] = nxt

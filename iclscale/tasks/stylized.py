@@ -182,7 +182,7 @@ class StylizedTask:
     cells = jax.tree.map(lambda *xs: jnp.stack(xs), *[self.grid_cell(*n.split("/")) for n in names])
     keys = jnp.stack([jax.random.key_data(stream_key(self.seed, "eval/" + n)) for n in names])
     indices = jnp.arange(num_examples, dtype=jnp.uint32)
-    build = jax.vmap(lambda k, c: sample_batch(jax.random.wrap_key_data(k), self.arrays["prototypes"], indices,
-                                               self.spec, c))
-    stacked = jax.jit(build)(keys, cells)
+    build = jax.vmap(lambda k, c, mu: sample_batch(jax.random.wrap_key_data(k), mu, indices, self.spec, c),
+                     (0, 0, None))
+    stacked = jax.jit(build)(keys, cells, self.arrays["prototypes"])
     return {n: jax.tree.map(lambda x, i=i: x[i], stacked) for i, n in enumerate(names)}

@@ -1,0 +1,118 @@
+"""Training throughput on this machine: steps/s of the loop's inner path, printed as a table.
+
+  python -m benchmarks.throughput                 # 2-layer and 12-layer, Grain vs device input, 1 vs 8 devices
+  python -m benchmarks.throughput --startup       # also: start-up to the first step and peak RSS of main.py
+
+"grain" is the real input pipeline (Grain iterator of indices -> global array -> jitted K-step scan that builds
+the sequences on the device); "device" draws the indices inside the scan, the bound the pipeline is compared to.
+Each row times `--seconds` of steady state after a warm-up dispatch (compilation excluded).
+"""
+import argparse
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def measure(config_name: str, pipeline: str, num_devices: int, seconds: float, k: int) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  from iclscale import mesh as mesh_lib, models, pipeline as pipe, tasks, train  # pylint: disable=g-import-not-at-top
+  mod = __import__(f"configs.{config_name}", fromlist=["get_config"])
+  config = mod.get_config("quick")
+  config.data.pipeline = pipeline
+  config.mesh.num_devices = num_devices
+  config.train.steps_per_dispatch = k
+  config.train.num_steps = 10**7 // k * k
+  config.train.log_every = config.checkpoint.every = config.eval_every = k * 1000
+  cfg = train.resolve(config)
+  mesh = mesh_lib.make_mesh(cfg.mesh)
+  with jax.set_mesh(mesh):
+    task = tasks.build(cfg.task, cfg.seed)
+    model = models.build(cfg.model, task)
+    state, tx, _ = train.init_state(cfg, task, model, mesh)
+    chunk = train.make_train_chunk(cfg, task, model, tx, mesh)
+    it = None
+    if pipeline == "grain":
+      it = pipe.make_iterator(cfg.seed, task.dataset_size, cfg.train.batch_size, k, cfg.train.num_steps,
+                              mesh_lib.host_rows(cfg.train.batch_size, mesh), cfg.data.prefetch)
+    sharding = jax.sharding.NamedSharding(mesh, mesh_lib.batch_spec(2, batch_dim=1))
+    # Many simulated CPU devices can deadlock in all-reduce when the host runs far ahead: wait per dispatch there.
+    sync = num_devices > 1
+
+    def step(state):
+      idx = None if it is None else mesh_lib.to_global(next(it), sharding, (k, cfg.train.batch_size))
+      state = chunk(state, task.arrays, idx)
+      if sync:
+        jax.block_until_ready(state["step"])
+      return state
+
+    t0 = time.perf_counter()
+    state = step(state)
+    jax.block_until_ready(state)
+    compile_s = time.perf_counter() - t0
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+      state = step(state)
+      n += 1
+    jax.block_until_ready(state)
+    dt = time.perf_counter() - t0
+  return dict(config=config_name, pipeline=pipeline, devices=num_devices, k=k, steps_per_s=n * k / dt,
+              first_dispatch_s=compile_s)
+
+
+def startup_and_memory() -> dict:
+  """Runs `python main.py` (default config, 2000 steps) and reads its first-step time; peak RSS of the child."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  workdir = tempfile.mkdtemp()
+  t0 = time.time()
+  p = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), f"--workdir={workdir}",
+                      "--config.train.num_steps=2000"], capture_output=True, text=True, check=True)
+  wall = time.time() - t0
+  m = re.search(r"First training step dispatched ([\d.]+) s", p.stdout + p.stderr)
+  sps = re.findall(r"steps_per_sec=([\d.]+)", p.stdout + p.stderr)
+  rss_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+  return dict(first_step_s=float(m.group(1)) if m else None, wall_s=wall, peak_rss_gb=rss_gb,
+              reported_steps_per_s=float(sps[-1]) if sps else None)
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--seconds", type=float, default=8.0)
+  ap.add_argument("--startup", action="store_true")
+  ap.add_argument("--child", help=argparse.SUPPRESS)
+  args = ap.parse_args()
+  if args.child:  # one measurement in this process (XLA_FLAGS already set by the parent)
+    print(json.dumps(measure(**json.loads(args.child))))
+    return
+  rows = []
+  plan = [("chan2024_synthetic", p, 1, 100) for p in ("grain", "device")]
+  plan += [("stylized_12layer", p, 1, 50) for p in ("grain", "device")]
+  plan += [("chan2024_synthetic", "grain", 8, 100), ("stylized_12layer", "grain", 8, 50)]
+  for config_name, pipeline, devices, k in plan:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    job = json.dumps(dict(config_name=config_name, pipeline=pipeline, num_devices=devices, seconds=args.seconds, k=k))
+    out = subprocess.run([sys.executable, "-m", "benchmarks.throughput", "--child", job], cwd=ROOT, env=env,
+                         capture_output=True, text=True, check=True)
+    rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    r = rows[-1]
+    print(f"{r['config']:<20} {r['pipeline']:<7} devices={r['devices']} K={r['k']:<4} "
+          f"{r['steps_per_s']:8.1f} steps/s   (first dispatch incl. compile {r['first_dispatch_s']:.1f} s)", flush=True)
+  by = {(r["config"], r["pipeline"], r["devices"]): r["steps_per_s"] for r in rows}
+  for name in ("chan2024_synthetic", "stylized_12layer"):
+    print(f"{name}: grain/device ratio = {by[(name, 'grain', 1)] / by[(name, 'device', 1)]:.3f}")
+  if args.startup:
+    s = startup_and_memory()
+    print(f"main.py default config: first training step {s['first_step_s']} s after start, "
+          f"peak RSS {s['peak_rss_gb']:.2f} GB, end-to-end {s['reported_steps_per_s']} steps/s (CLU report), "
+          f"wall {s['wall_s']:.1f} s for 2000 steps")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,146 @@
+"""The dataset-size study of Chan et al. 2024 (their Fig. 2 grid): error vs N for IBD/OOBD x relevant/irrelevant
+context x C_H/C_L, over seeds, run locally one after another and aggregated into one table and one figure.
+
+  python -m iclscale.analysis.nsweep --workdir runs/nsweep                  # quick: N=2^6..2^14, 2 seeds
+  python -m iclscale.analysis.nsweep --workdir runs/nsweep --scale full     # paper: 2^6..2^20, 5 seeds, 50K steps
+  python -m iclscale.analysis.nsweep --workdir runs/nsweep --baselines      # + IW (p=0) / IC (p=1) predictors
+
+Each (p_relevant, N, seed) run lives in its own sub-workdir and is an ordinary run (resumable, skipped when done).
+Reported values are the evaluators at the last step, mean ± standard error over seeds.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import os
+import time
+
+import numpy as np
+
+SCALES = {  # steps per run, log2 N values, seeds
+    "tiny": dict(steps=200, log2_sizes=(6, 10), seeds=(0,)),
+    "quick": dict(steps=20_000, log2_sizes=(6, 8, 10, 12, 14), seeds=(0, 1)),
+    "full": dict(steps=50_000, log2_sizes=(6, 8, 10, 12, 14, 16, 18, 20), seeds=(0, 1, 2, 3, 4)),
+}
+CELLS = [("oobd", "relevant", "C_H"), ("oobd", "relevant", "C_L"), ("oobd", "irrelevant", "C_H"),
+         ("oobd", "irrelevant", "C_L"), ("ibd", "relevant", "C_H"), ("ibd", "relevant", "C_L"),
+         ("ibd", "irrelevant", "C_H"), ("ibd", "irrelevant", "C_L")]
+
+
+def run_name(p_relevant: float, log2_n: int, seed: int) -> str:
+  return f"p{p_relevant:g}_N2^{log2_n}_seed{seed}"
+
+
+def run_config(scale: str, p_relevant: float, log2_n: int, seed: int):
+  from configs import chan2024_synthetic  # pylint: disable=g-import-not-at-top
+  s = SCALES[scale]
+  c = chan2024_synthetic.get_config("tiny" if scale == "tiny" else "quick")
+  c.seed = seed
+  c.task.p_relevant = p_relevant
+  c.task.dataset_size = 2**log2_n
+  c.train.num_steps = s["steps"]
+  c.eval_every = 0              # evaluate at the log-spaced milestones and at the end only
+  c.checkpoint.every = 0        # milestone checkpoints suffice for a sweep
+  c.plot = False
+  return c
+
+
+def run_all(workdir: str, scale: str, p_values: list[float]) -> list[str]:
+  from iclscale import train  # pylint: disable=g-import-not-at-top
+  s = SCALES[scale]
+  dirs = []
+  for p in p_values:
+    for log2_n in s["log2_sizes"]:
+      for seed in s["seeds"]:
+        d = os.path.join(workdir, run_name(p, log2_n, seed))
+        t0 = time.time()
+        out = train.run(run_config(scale, p, log2_n, seed), d)
+        logging.info("%s: step %d in %.0f s", d, out["step"], time.time() - t0)
+        dirs.append(d)
+  return dirs
+
+
+def aggregate(workdir: str, scale: str, p_values: list[float]) -> list[dict]:
+  """Mean and standard error over seeds of every grid cell's error at the last step, per (p, N)."""
+  from iclscale import results  # pylint: disable=g-import-not-at-top
+  s = SCALES[scale]
+  table = []
+  for p in p_values:
+    for log2_n in s["log2_sizes"]:
+      per_seed = []
+      for seed in s["seeds"]:
+        rows = results.read(os.path.join(workdir, run_name(p, log2_n, seed)))
+        last = max(r["step"] for r in rows)
+        per_seed.append({(r["evaluator"], r["metric"]): r["value"] for r in rows if r["step"] == last})
+      for key in sorted(per_seed[0]):
+        v = np.array([d[key] for d in per_seed])
+        se = v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0
+        table.append(dict(p_relevant=p, log2_N=log2_n, evaluator=key[0], metric=key[1], mean=v.mean(), se=se,
+                          seeds=len(v)))
+  return table
+
+
+def write_table(table: list[dict], path: str) -> None:
+  with open(path, "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=list(table[0]))
+    w.writeheader()
+    w.writerows(table)
+
+
+def plot(table: list[dict], path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(2, 4, figsize=(15, 6.5), sharex=True, sharey=True)
+  labels = {0.0: "IW predictor (p=0)", 1.0: "IC predictor (p=1)"}
+  for ax, (flip, rel, group) in zip(axes.flat, CELLS):
+    for p in sorted({r["p_relevant"] for r in table}):
+      pts = sorted((r["log2_N"], r["mean"], r["se"]) for r in table if r["p_relevant"] == p and r["metric"] == "error"
+                   and r["evaluator"] == f"grid/{flip}/{rel}/{group}")
+      if pts:
+        x, m, se = map(np.array, zip(*pts))
+        ax.errorbar(x, m, yerr=se, marker="o", capsize=3, label=labels.get(p, f"transformer (p={p:g})"))
+    ax.set_title(f"{flip.upper()}, {'Rel.' if rel == 'relevant' else 'Irrel.'} Cont. {group}", fontsize=10)
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+  for ax in axes[1]:
+    ax.set_xlabel("log2 N (distinct training sequences)")
+  for ax in axes[:, 0]:
+    ax.set_ylabel("0-1 error")
+  axes[0, 0].legend(fontsize=8)
+  fig.suptitle("Error vs dataset size (Chan et al. 2024 stylized data, 2-layer transformer)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--workdir", default="runs/nsweep")
+  ap.add_argument("--scale", default="quick", choices=sorted(SCALES))
+  ap.add_argument("--p_relevant", type=float, default=0.9, help="the main transformer's relevance probability")
+  ap.add_argument("--baselines", action="store_true", help="also train the IW (p=0) and IC (p=1) predictors")
+  ap.add_argument("--aggregate_only", action="store_true", help="only rebuild the table and figure")
+  args = ap.parse_args()
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+  for noisy in ("absl", "orbax", "jax"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  from iclscale import train  # pylint: disable=g-import-not-at-top
+  train.enable_compilation_cache()
+  p_values = [args.p_relevant] + ([0.0, 1.0] if args.baselines else [])
+  t0 = time.time()
+  if not args.aggregate_only:
+    run_all(args.workdir, args.scale, p_values)
+  table = aggregate(args.workdir, args.scale, p_values)
+  write_table(table, os.path.join(args.workdir, "nsweep_table.csv"))
+  plot(table, os.path.join(args.workdir, "nsweep.png"))
+  print(f"{len(table)} rows -> {args.workdir}/nsweep_table.csv and nsweep.png ({time.time() - t0:.0f} s)")
+  for flip, rel, group in CELLS:
+    vals = {r["log2_N"]: r["mean"] for r in table if r["p_relevant"] == args.p_relevant and r["metric"] == "error"
+            and r["evaluator"] == f"grid/{flip}/{rel}/{group}"}
+    print(f"  {flip:>4} {rel:>10} {group}: " + "  ".join(f"2^{n}:{v:.2f}" for n, v in sorted(vals.items())))
+
+
+if __name__ == "__main__":
+  main()
