@@ -2,9 +2,9 @@
 
 Batch 4 x 32 tokens, cross-entropy only on the last `--answer` tokens of each row, as in the
 fact-memorisation fine-tuning. By default only those positions go through the 262144-way tied
-head (`logits_at_BxN`); `--full-logits` computes the head at every position and masks the loss,
-for comparison. Params and optimiser state are donated to the jitted step so XLA updates them in
-place instead of holding two copies.
+head (`logits_at_BxN`); `--full-logits` computes the head at every position and masks the loss
+(the naive way), for comparison. Params and optimiser state are donated to the jitted step so
+XLA updates them in place instead of holding two copies.
 
   python benchmarks/gemma3_step.py [--steps 5] [--answer 8] [--full-logits]
 
@@ -63,12 +63,16 @@ def main() -> None:
   pred_at_BxA = jnp.broadcast_to(jnp.arange(T - A - 1, T - 1), (B, A))
   targets_BxA = tokens_BxT[:, T - A:]
 
+  # The naive baseline: next-token CE at every position, weighted by a 0/1 answer mask.
+  next_BxT = jnp.roll(tokens_BxT, -1, axis=1)
+  answer_mask_BxT = jnp.zeros((B, T)).at[:, T - A - 1:T - 1].set(1.0)
+
   def loss_fn(params):
     if args.full_logits:
       logits_BxTxV = model.apply({"params": params}, tokens_BxT)
-      logits_BxAxV = jnp.take_along_axis(logits_BxTxV, pred_at_BxA[:, :, None], axis=1)
-    else:
-      logits_BxAxV = model.apply({"params": params}, tokens_BxT, logits_at_BxN=pred_at_BxA)
+      ce_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, next_BxT)
+      return (ce_BxT * answer_mask_BxT).sum() / answer_mask_BxT.sum()
+    logits_BxAxV = model.apply({"params": params}, tokens_BxT, logits_at_BxN=pred_at_BxA)
     return optax.softmax_cross_entropy_with_integer_labels(logits_BxAxV, targets_BxA).mean()
 
   @functools.partial(jax.jit, donate_argnums=(0, 1))

@@ -13,6 +13,8 @@ import shutil
 from typing import Any
 
 import grain
+import jax
+from etils import epath
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
@@ -93,12 +95,14 @@ class Checkpointer:
 
 
 def guard_workdir(workdir: str, cfg) -> bool:
-  """Refuses a workdir that holds a run of a different config. Returns True if the workdir already had one."""
-  path = os.path.join(workdir, "config.json")
+  """Refuses a workdir that holds a run of a different config. Returns True if the workdir already had one.
+
+  Works for local paths and gs:// (etils.epath); on multi-host runs only process 0 writes the record.
+  """
+  path = epath.Path(workdir) / "config.json"
   mine = config_lib.run_identity(cfg)
-  if os.path.exists(path):
-    with open(path) as f:
-      theirs = json.load(f)
+  if path.exists():
+    theirs = json.loads(path.read_text())
     diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k, "<unset>") != theirs.get(k, "<unset>"))
     if diff:
       shown = ", ".join(f"{k}: {theirs.get(k, '<unset>')!r} -> {mine.get(k, '<unset>')!r}" for k in diff[:4])
@@ -106,7 +110,7 @@ def guard_workdir(workdir: str, cfg) -> bool:
       raise config_lib.ConfigError(
           f"workdir {workdir} holds a run with a different config ({shown}{more}); use another --workdir")
     return True
-  os.makedirs(workdir, exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(mine, f, indent=1, sort_keys=True, default=str)
+  if jax.process_index() == 0:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(mine, indent=1, sort_keys=True, default=str))
   return False

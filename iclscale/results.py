@@ -7,38 +7,54 @@ from __future__ import annotations
 
 import csv
 import glob
+import io
 import os
 from typing import Iterable
 
+import jax
 import numpy as np
+from etils import epath
 
 FIELDS = ("step", "evaluator", "metric", "value")
 FILENAME = "results.csv"
 
 
 class ResultsTable:
-  def __init__(self, workdir: str, resume_step: int):
-    self.path = os.path.join(workdir, FILENAME)
-    if os.path.exists(self.path):
-      rows = [r for r in read_rows(self.path) if r["step"] <= resume_step]
-      self._write(rows, "w")
-    else:
-      self._write([], "w")
+  """Appends rows on process 0. Local files are appended to; object stores (gs://) have no append, so there the
+  file is rewritten from the rows read back (cost per sweep grows with the table, not with the step count)."""
 
-  def _write(self, rows: Iterable[dict], mode: str) -> None:
-    with open(self.path, mode, newline="") as f:
-      w = csv.writer(f)
-      if mode == "w":
-        w.writerow(FIELDS)
-      for r in rows:
-        w.writerow([int(r["step"]), r["evaluator"], r["metric"], repr(float(r["value"]))])
+  def __init__(self, workdir: str, resume_step: int):
+    self.path = epath.Path(workdir) / FILENAME
+    self.local = "://" not in str(workdir)
+    self.writer = jax.process_index() == 0
+    if self.writer:
+      rows = [r for r in read_rows(self.path) if r["step"] <= resume_step] if self.path.exists() else []
+      self._rewrite(rows)
+
+  @staticmethod
+  def _lines(rows: Iterable[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    for r in rows:
+      w.writerow([int(r["step"]), r["evaluator"], r["metric"], repr(float(r["value"]))])
+    return buf.getvalue()
+
+  def _rewrite(self, rows: list[dict]) -> None:
+    self.path.write_text(",".join(FIELDS) + "\r\n" + self._lines(rows))
 
   def append(self, step: int, values: dict[tuple[str, str], float]) -> None:
-    self._write(({"step": step, "evaluator": e, "metric": m, "value": v} for (e, m), v in values.items()), "a")
+    if not self.writer:
+      return
+    rows = [{"step": step, "evaluator": e, "metric": m, "value": v} for (e, m), v in values.items()]
+    if self.local:
+      with open(self.path, "a", newline="") as f:
+        f.write(self._lines(rows))
+    else:
+      self._rewrite(read_rows(self.path) + rows)
 
 
-def read_rows(path: str) -> list[dict]:
-  with open(path, newline="") as f:
+def read_rows(path) -> list[dict]:
+  with epath.Path(path).open() as f:
     return [dict(step=int(r["step"]), evaluator=r["evaluator"], metric=r["metric"], value=float(r["value"]))
             for r in csv.DictReader(f)]
 

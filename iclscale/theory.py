@@ -2,39 +2,44 @@
 
 Chan et al. 2024's account: α follows whichever predictor has the lower loss. The IC predictor h has an error
 floor set by the data (irrelevant contexts, label noise) but needs no training; the IW predictor g improves with
-the number of times N_x its input region was seen, which for class c after N sequences is about N·w_c. So common
-classes (C_H, large w_c) switch to IW early, rare ones (C_L) late, and ICL on them is transient.
+the number of times N_x its input region was seen, about N·w_c after N sequences. So common classes (C_H) switch
+to IW early, rare ones (C_L) late, and ICL on them is transient. The loss is the 0-1 error, the bounded loss the
+gated config's gate compares (model.gate_loss='error').
 
-Everything here is per class c (then averaged over a class group), for 0-1 error against clean targets, the loss
-the gated config's gate compares (model.gate_loss='error'). Notation: K classes with weights w (stylized.Spec),
-p = p_relevant, ε = label noise, σ = input noise, L = context length.
+Notation: K classes with weights w (stylized.Spec), p = p_relevant, ε = label noise (a label becomes y+1 mod K),
+σ = input noise, L = context length. The tabular g and α of models/gated.py live on regions: the region of a
+query is its nearest prototype.
 
-IW predictor (the tabular g of models/gated.py: one table row per nearest-prototype region):
-  M[c, r] = P(region r | class c), the chance that x = μ_c + σz lands nearest to μ_r (Monte-Carlo over z with
-  the task's prototypes; the identity when σ = 0).
-  After n samples of its region, g's row predicts the majority of n labels, each the true class with probability
-  1 − ε and the class c+1 otherwise, so the vote is between two labels:
-    e_maj(n) = P(B > n/2) + ½·P(B = n/2),  B ~ Binomial(n, ε);   e_maj(0) = 1 − 1/K (an untrained row guesses).
-  A query carried into another region is answered with that region's label, which is wrong:
-    e_g(c, n) = 1 − M[c, c]·(1 − e_maj(n)).
-  (Approximation: region c's table also receives the few queries of other classes carried into it; ignored.)
-  Against N: e_g(c; N) = E_{n ~ Binomial(N, w_c)} e_g(c, n), exact over the Binomial.
+Regions.  M[c, r] = P(region r | class c) for x = μ_c + σz (Monte-Carlo over z with the task's prototypes; the
+  identity when σ = 0). Region r is visited at rate π_r = Σ_c w_c·M[c, r]; its queries are class c with
+  probability ρ_r(c) = w_c·M[c, r]/π_r and carry training labels q_r(y) = Σ_c ρ_r(c)·P(y | c), where
+  P(c | c) = 1 − ε and P(c+1 | c) = ε.
 
-IC predictor h (argmax of the similarity-weighted vote over context labels):
-  L = 1: h answers the one context label. Before label noise it equals the query class q with probability
-    a_q = p + (1 − p)·w_q²      (relevant; or irrelevant, the slot matched q and its one re-draw matched again)
-  and equals q − 1 (which noise turns into q) with probability b_q = (1 − p)·w_{q−1}·(1 + w_q). So
-    e_h(q) = 1 − [(1 − ε)·a_q + ε·b_q].
-  L > 1: Monte-Carlo with the task's own sampler (r ~ Binomial(L, p), Gaussian inputs, label noise) and h's
+IW predictor g.  After n visits, row r predicts the plurality ŷ of n labels drawn from q_r (ties uniformly; n = 0
+  guesses uniformly). Closed form when q_r has at most two labels (σ = 0, or a pure region): the wrong label wins
+  with probability e_maj(n) = P(B > n/2) + ½·P(B = n/2), B ~ Binomial(n, q_minor); Monte-Carlo over multinomial
+  counts otherwise. Then
+    training error of row r (what the gate sees)   e_g(r, n) = 1 − Σ_y P(ŷ = y)·q_r(y),
+    clean error on class c (what evaluation sees)  e_g(c; N) = Σ_r M[c, r]·E_{n ~ Binomial(N, π_r)} P(ŷ_r(n) ≠ c).
+  For large n, e_g(r, ∞) = 1 − max_y q_r(y): at large σ, regions are impure and g has a floor it cannot learn
+  away; rare classes' regions are the most impure, because common classes spill into them.
+
+IC predictor h (argmax of the similarity-weighted vote over context labels).
+  L = 1: h answers the one context label u, whose clean value is the query class q with probability
+    a_q = p + (1 − p)·w_q²       (relevant; or irrelevant, matched q and its one re-draw matched again)
+  and v ≠ q with probability (1 − p)·w_v·(1 + w_q). Against a clean target (evaluation) and a noisy one (training):
+    e_h(q)       = 1 − [(1 − ε)·a_q + ε·P(u = q−1)]
+    e_h_train(q) = 1 − [((1 − ε)² + ε²)·a_q + ε(1 − ε)·(P(u = q−1) + P(u = q+1))].
+  Region r's h error is Σ_c ρ_r(c)·e_h_train(c).
+  L > 1: Monte-Carlo through the task's own sampler (r ~ Binomial(L, p), Gaussian inputs, label noise) and h's
   softmax(−‖x_j − x_q‖²/τ) vote: an exact expectation up to sampling error.
 
-Switch point, in visits n of the class's region, converted to sequences by the expected count N = n / w_c:
-  instant     first n with e_g(c, n) ≤ e_h(c): the switch of a gate that knew both expected losses.
-  cumulative  first n with Σ_{k<n} e_g(c, k) ≤ n·e_h(c): where the cumulative losses cross, which is exactly
-              where a Hedge or FTRL gate started at α = 1/2 crosses 1/2 (its α is a function of Σ(ℓ_g − ℓ_h)).
-  No switch (inf) when g's floor 1 − M[c, c] stays above e_h: then ICL persists at every N (large σ).
-The gate sees training targets, which carry label noise; comparing clean errors is exact for ε = 0 and shifts
-both sides by about ε otherwise.
+Switch point of region r, in visits n, converted to sequences by N = n/π_r (≈ n/w_c: "expected N_x = N·w_c"):
+  instant     first n with e_g(r, n) ≤ e_h(r): the switch of a gate that knew both expected losses.
+  cumulative  first n with Σ_{k<n} e_g(r, k) ≤ n·e_h(r): where the cumulative losses cross, which is where a
+              Hedge or FTRL gate started at α = 1/2 crosses 1/2 (its α is a function of Σ(ℓ_g − ℓ_h)).
+  inf when g's floor stays above h's error: ICL then persists at every N. A group's switch is the median over the
+  regions of its classes.
 """
 from __future__ import annotations
 
@@ -82,16 +87,48 @@ class Setting:
   def group(self, name: str) -> np.ndarray:
     return np.arange(self.num_high) if name == "C_H" else np.arange(self.num_high, self.num_classes)
 
+  def label_noise_matrix(self) -> np.ndarray:
+    """P[c, y]: the training label y of a class-c query."""
+    K, eps = self.num_classes, self.label_noise
+    return (1 - eps) * np.eye(K) + eps * np.roll(np.eye(K), 1, axis=1)
+
 
 def majority_error(n: Any, eps: float, num_classes: int) -> np.ndarray:
-  """e_maj(n): error of the majority of n labels, each wrong (the same wrong class) with probability eps."""
+  """e_maj(n): the probability that the majority of n labels, each the minor label with probability eps (else
+  the major one), is not the major label; ties are broken uniformly and n = 0 guesses among num_classes."""
   n = np.asarray(n, np.int64)
   half = n // 2
   err = stats.binom.sf(half, n, eps) + np.where(n % 2 == 0, 0.5 * stats.binom.pmf(half, n, eps), 0.0)
   return np.where(n == 0, 1.0 - 1.0 / num_classes, err)
 
 
-def confusion(s: Setting, prototypes_KxD: np.ndarray, num_samples: int = 20_000, seed: int = 0) -> np.ndarray:
+def vote_distribution(q_K: np.ndarray, ns: Any, num_samples: int = 4000, seed: int = 0,
+                      force_mc: bool = False) -> np.ndarray:
+  """P[i, y] = P(the plurality of ns[i] draws from q is y), ties broken uniformly; uniform for n = 0."""
+  q_K = np.asarray(q_K, np.float64)
+  K = q_K.size
+  ns = np.atleast_1d(np.asarray(ns, np.int64))
+  out = np.zeros((ns.size, K))
+  support = np.nonzero(q_K > 1e-12)[0]
+  if len(support) <= 2 and not force_mc:
+    major = support[np.argmax(q_K[support])]
+    minor = support[np.argmin(q_K[support])] if len(support) == 2 else major
+    e = majority_error(ns, q_K[minor] if minor != major else 0.0, K)
+    out[:, major] = 1.0 - e
+    out[:, minor] += np.where(ns > 0, e, 0.0)
+  else:
+    rng = np.random.default_rng(seed)
+    for i, n in enumerate(ns):
+      if n == 0:
+        continue
+      counts = rng.multinomial(n, q_K / q_K.sum(), size=num_samples)
+      top = counts == counts.max(-1, keepdims=True)
+      out[i] = (top / top.sum(-1, keepdims=True)).mean(0)  # a tie splits its vote uniformly
+  out[ns == 0] = 1.0 / K
+  return out
+
+
+def confusion(s: Setting, prototypes_KxD: Any, num_samples: int = 20_000, seed: int = 0) -> np.ndarray:
   """M[c, r] = P(argmin_r' ‖μ_c + σz − μ_r'‖² = r), by Monte-Carlo over z ~ N(0, I)."""
   mu = np.asarray(prototypes_KxD, np.float64)
   K = mu.shape[0]
@@ -102,72 +139,78 @@ def confusion(s: Setting, prototypes_KxD: np.ndarray, num_samples: int = 20_000,
   sq = np.sum(mu**2, -1)
   for c in range(K):
     x = mu[c] + s.input_noise * rng.standard_normal((num_samples, mu.shape[1]))
-    region = np.argmax(2 * x @ mu.T - sq, -1)
-    out[c] = np.bincount(region, minlength=K) / num_samples
+    out[c] = np.bincount(np.argmax(2 * x @ mu.T - sq, -1), minlength=K) / num_samples
   return out
 
 
-def iw_error_at_visits(s: Setting, n: Any, conf_KxK: np.ndarray) -> np.ndarray:
-  """e_g(c, n) for every class c: [len(n), K]."""
-  e_maj = majority_error(np.atleast_1d(n), s.label_noise, s.num_classes)
-  return 1.0 - np.diag(conf_KxK)[None] * (1.0 - e_maj[:, None])
+def region_mix(s: Setting, conf_KxK: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(π_r, ρ_r(c) [R, K], q_r(y) [R, K]): visit rates, class mix and training-label distribution per region."""
+  joint_KxR = s.weights()[:, None] * conf_KxK
+  pi_R = joint_KxR.sum(0)
+  rho_RxK = (joint_KxR / np.maximum(pi_R, 1e-300)).T
+  return pi_R, rho_RxK, rho_RxK @ s.label_noise_matrix()
 
 
-def iw_error(s: Setting, num_sequences: Any, conf_KxK: np.ndarray) -> np.ndarray:
-  """e_g(c; N) = E_{n ~ Binomial(N, w_c)} e_g(c, n): [len(N), K]."""
-  w = s.weights()
-  out = np.zeros((len(np.atleast_1d(num_sequences)), s.num_classes))
-  for i, N in enumerate(np.atleast_1d(num_sequences)):
-    for c in range(s.num_classes):
-      mean, sd = N * w[c], np.sqrt(N * w[c] * (1 - w[c]))
-      n = np.arange(max(0, int(mean - 12 * sd) - 2), min(int(N), int(mean + 12 * sd) + 2) + 1)
-      out[i, c] = np.sum(stats.binom.pmf(n, N, w[c]) * iw_error_at_visits(s, n, conf_KxK)[:, c])
-  return out
-
-
-def ic_error_closed_form(s: Setting, p_relevant: float | None = None) -> np.ndarray:
-  """e_h(q) for L = 1 and every class q: [K]."""
-  assert s.context_len == 1, "the closed form is for L = 1; use ic_error_mc"
+def context_label_distribution(s: Setting, p_relevant: float | None = None) -> np.ndarray:
+  """U[q, v] = P(the clean label of the single context item is v | query class q), L = 1."""
   p = s.p_relevant if p_relevant is None else p_relevant
   w = s.weights()
-  a = p + (1 - p) * w**2
-  b = (1 - p) * np.roll(w, 1) * (1 + w)   # np.roll(w, 1)[q] = w[q - 1]
-  return 1.0 - ((1 - s.label_noise) * a + s.label_noise * b)
+  u = (1 - p) * w[None, :] * (1 + w[:, None])
+  np.fill_diagonal(u, p + (1 - p) * w**2)
+  return u
+
+
+def ic_error_closed_form(s: Setting, p_relevant: float | None = None, target: str = "clean") -> np.ndarray:
+  """e_h(q) for L = 1 and every class q [K], against clean targets or noisy training targets."""
+  assert s.context_len == 1, "the closed form is for L = 1; use ic_error_mc"
+  u, eps, K = context_label_distribution(s, p_relevant), s.label_noise, s.num_classes
+  q = np.arange(K)
+  a, before, after = u[q, q], u[q, (q - 1) % K], u[q, (q + 1) % K]
+  if target == "clean":
+    return 1.0 - ((1 - eps) * a + eps * before)
+  return 1.0 - (((1 - eps) ** 2 + eps**2) * a + eps * (1 - eps) * (before + after))
 
 
 def ic_error_mc(s: Setting, prototypes_KxD: Any, tau: float = 1.0, p_relevant: float | None = None,
-                num_samples: int = 20_000, seed: int = 0) -> np.ndarray:
-  """e_h(q) by Monte-Carlo through the task's sampler, queries uniform within each group: [K]."""
+                target: str = "clean", num_samples: int = 20_000, seed: int = 0) -> np.ndarray:
+  """e_h(q) [K] by Monte-Carlo through the task's sampler, queries uniform within each group."""
   p = s.p_relevant if p_relevant is None else p_relevant
   mu = jnp.asarray(prototypes_KxD, jnp.float32)
   errors, counts = np.zeros(s.num_classes), np.zeros(s.num_classes)
+  rng = np.random.default_rng(seed)
   for i, group in enumerate(("high", "low")):
+    # Clean targets from the sampler (errors are tallied by the query's class); training-target noise added here.
     cell = stylized.cell(p, -1, group, flip=False, noisy_target=False)
     key = jax.random.fold_in(jax.random.key(seed), i)
     b = jax.jit(stylized.sample_batch, static_argnums=3)(key, mu, jnp.arange(num_samples, dtype=jnp.uint32),
                                                           s.spec(), cell)
     x, ctx, y = (np.asarray(b[k]) for k in ("x", "ctx_labels", "target"))
-    d2 = np.sum((x[:, :-1] - x[:, -1:]) ** 2, -1)
-    logits = -d2 / tau
+    logits = -np.sum((x[:, :-1] - x[:, -1:]) ** 2, -1) / tau
     weight = np.exp(logits - logits.max(-1, keepdims=True))
     vote = np.zeros((num_samples, s.num_classes))
     np.add.at(vote, (np.arange(num_samples)[:, None], ctx), weight / weight.sum(-1, keepdims=True))
-    wrong = np.argmax(vote, -1) != y
+    noisy = rng.random(num_samples) < (s.label_noise if target == "train" else 0.0)
+    wrong = np.argmax(vote, -1) != np.where(noisy, (y + 1) % s.num_classes, y)
     errors += np.bincount(y, weights=wrong, minlength=s.num_classes)
     counts += np.bincount(y, minlength=s.num_classes)
   return errors / np.maximum(counts, 1)
 
 
 def ic_error(s: Setting, prototypes_KxD: Any = None, tau: float = 1.0, p_relevant: float | None = None,
-             num_samples: int = 20_000, seed: int = 0) -> np.ndarray:
+             target: str = "clean", num_samples: int = 20_000, seed: int = 0) -> np.ndarray:
   """e_h per class: the closed form for L = 1, Monte-Carlo otherwise."""
   if s.context_len == 1:
-    return ic_error_closed_form(s, p_relevant)
-  return ic_error_mc(s, prototypes_KxD, tau, p_relevant, num_samples, seed)
+    return ic_error_closed_form(s, p_relevant, target)
+  return ic_error_mc(s, prototypes_KxD, tau, p_relevant, target, num_samples, seed)
+
+
+def visit_grid(max_visits: int) -> np.ndarray:
+  """Every n up to 64, then geometric: vote distributions change fast at small n and slowly after."""
+  return np.unique(np.concatenate([np.arange(65), np.geomspace(64, max_visits, 48).astype(np.int64)]))
 
 
 def switch_visits(e_g_n: np.ndarray, e_h: float, rule: str) -> float:
-  """The visit count n at which the gate switches to g (see the module docstring), or inf.
+  """The visit count at which the gate switches to g (module docstring), or inf.
 
   e_g_n[k] is g's error after k visits, k = 0..n_max; beyond n_max it is taken as constant at e_g_n[-1].
   """
@@ -187,24 +230,39 @@ def switch_visits(e_g_n: np.ndarray, e_h: float, rule: str) -> float:
 
 def predict(s: Setting, prototypes_KxD: Any, num_sequences: Any = (), tau: float = 1.0, max_visits: int = 4096,
             num_samples: int = 20_000, seed: int = 0) -> dict:
-  """Per group: predicted switch N for each rule, h's error, g's error floor, and g/h error curves against N.
+  """Per group: the predicted switch N for each rule, and clean g/h errors (floors and curves against N).
 
-  Returns {group: dict(switch={rule: N*}, ic_error=e_h, iw_floor=lim e_g, weight=w_c,
-                        curve=dict(N=..., iw_error=..., ic_error=...))}.
+  Returns {group: dict(switch={rule: N*}, ic_error=e_h, iw_floor=e_g(∞), weight=w_c,
+                        curve=dict(N=..., iw_error=..., ic_error=...))}, errors averaged over the group's classes.
   """
+  K = s.num_classes
   conf = confusion(s, prototypes_KxD, num_samples, seed)
-  e_h = ic_error(s, prototypes_KxD, tau, None, num_samples, seed)
-  e_g_n = iw_error_at_visits(s, np.arange(max_visits + 1), conf)
-  N = np.asarray(num_sequences, np.int64)
-  e_g_N = iw_error(s, N, conf) if N.size else np.zeros((0, s.num_classes))
+  pi_R, rho_RxK, q_RxK = region_mix(s, conf)
+  e_h_clean = ic_error(s, prototypes_KxD, tau, None, "clean", num_samples, seed)
+  e_h_region = rho_RxK @ ic_error(s, prototypes_KxD, tau, None, "train", num_samples, seed)
+  grid = visit_grid(max_visits)
+  all_n = np.arange(max_visits + 1)
+  # vote[r][n, y]: row r's prediction distribution after n visits, on every integer n (interpolated on the grid)
+  vote = [np.stack([np.interp(all_n, grid, v) for v in vote_distribution(q_RxK[r], grid, seed=seed + r).T], -1)
+          for r in range(K)]
+  e_g_region = np.stack([1.0 - vote[r] @ q_RxK[r] for r in range(K)])          # [R, n]
+  ns = np.atleast_1d(np.asarray(num_sequences, np.int64))
+  e_g_clean = np.zeros((ns.size, K))
+  for i, N in enumerate(ns):
+    for r in range(K):
+      n = np.arange(0, min(int(N), max_visits) + 1)
+      pmf = stats.binom.pmf(n, N, pi_R[r])
+      pmf[-1] += max(0.0, 1.0 - pmf.sum())  # mass beyond max_visits: the vote has converged there
+      wrong_K = 1.0 - pmf @ vote[r][: n.size]  # P(ŷ_r ≠ c) for every class c
+      e_g_clean[i] += conf[:, r] * wrong_K
+  floor_K = 1.0 - np.sum(conf * np.stack([v[-1] for v in vote], 1), 1)   # Σ_r M[c, r]·P(ŷ_r(∞) = c)
   w = s.weights()
   out = {}
   for name in GROUPS:
     ids = s.group(name)
-    g_n, h = e_g_n[:, ids].mean(-1), float(e_h[ids].mean())
-    w_c = float(w[ids].mean())  # equal within a group
-    out[name] = dict(
-        switch={rule: switch_visits(g_n, h, rule) / w_c for rule in RULES},
-        ic_error=h, iw_floor=float(g_n[-1]), weight=w_c,
-        curve=dict(N=N, iw_error=e_g_N[:, ids].mean(-1), ic_error=np.full(N.shape, h)))
+    switch = {rule: float(np.median([switch_visits(e_g_region[r], e_h_region[r], rule) / pi_R[r] for r in ids]))
+              for rule in RULES}
+    h = float(e_h_clean[ids].mean())
+    out[name] = dict(switch=switch, ic_error=h, iw_floor=float(floor_K[ids].mean()), weight=float(w[ids].mean()),
+                     curve=dict(N=ns, iw_error=e_g_clean[:, ids].mean(-1), ic_error=np.full(ns.shape, h)))
   return out

@@ -32,7 +32,8 @@ def plot_run(workdir: str, filename: str = "curves.png") -> str:
   fig, axes = plt.subplots(-(-n // cols), cols, figsize=(4.2 * cols, 3.2 * -(-n // cols)), squeeze=False)
   for ax, (panel, lines) in zip(axes.flat, sorted(groups.items())):
     metrics = {r["metric"] for r in rows if r["evaluator"] in lines.values()}
-    metric = next((m for m in PREFERRED_METRICS if m in metrics), sorted(metrics)[0])
+    preferred = ("loss",) if panel == "train" else PREFERRED_METRICS
+    metric = next((m for m in preferred if m in metrics), sorted(metrics)[0])
     for label, evaluator in sorted(lines.items()):
       steps, values = results_lib.series(rows, evaluator, metric)
       ax.plot(steps, values, marker=".", label=label)
