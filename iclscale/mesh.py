@@ -106,11 +106,13 @@ def param_shardings(abstract_params: Any, mesh, specs: Any = None) -> Any:
 
 
 def host_rows(global_batch: int, mesh) -> slice:
-  """The rows of the global batch that this process feeds (its devices' share, in mesh order)."""
-  del mesh  # rows are assigned contiguously by process, matching make_array_from_process_local_data
-  per_host = global_batch // jax.process_count()
-  start = jax.process_index() * per_host
-  return slice(start, start + per_host)
+  """The rows of the global batch held by this process's devices: the only rows this host reads."""
+  index_map = batch_sharding(mesh, 1).addressable_devices_indices_map((global_batch,))
+  spans = sorted({(i[0].start or 0, global_batch if i[0].stop is None else i[0].stop) for i in index_map.values()})
+  for (_, stop), (start, _) in zip(spans, spans[1:]):
+    if start > stop:
+      raise ValueError(f"process {jax.process_index()} holds non-contiguous batch rows {spans}")
+  return slice(spans[0][0], max(stop for _, stop in spans))
 
 
 def to_global(local: np.ndarray, sharding: NamedSharding, global_shape: tuple[int, ...]) -> jax.Array:

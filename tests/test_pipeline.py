@@ -42,3 +42,4 @@ def test_iterator_state_restores_the_stream():
   fresh.set_state(state)
   for e in expected:
     np.testing.assert_array_equal(next(fresh), e)
+
