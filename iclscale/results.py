@@ -28,6 +28,7 @@ class ResultsTable:
     self.local = "://" not in str(workdir)
     self.writer = jax.process_index() == 0
     if self.writer:
+      self.path.parent.mkdir(parents=True, exist_ok=True)
       rows = [r for r in read_rows(self.path) if r["step"] <= resume_step] if self.path.exists() else []
       self._rewrite(rows)
 
