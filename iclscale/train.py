@@ -260,7 +260,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
         step += k
         if outputs is None:
           logging.info("First training step dispatched %.1f s after start.", time.time() - start_time)
-          outputs = Outputs(cfg, config, workdir, task, model, mesh, start_step if restored else -1, fresh, lr_fn)
+          outputs = Outputs(cfg, config, workdir, task, model, mesh, start_step if restored else -1,
+                            restored is None, lr_fn)
         outputs.report(step)
         do_eval = bool(outputs.evaluators) and ckpt_lib.itstime(step, cfg.eval_every, tr.num_steps,
                                                                 checkpointer.milestones)
