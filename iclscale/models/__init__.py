@@ -17,6 +17,7 @@ TRANSFORMER_DEFAULTS = dict(
     pos_period=30.0,     # base of the sinusoidal positions (30 as upstream, not 1e4)
     encoder="identity",  # item encoder: identity (frozen, inputs must be `width`-d), linear, resnet
     encoder_kwargs={},   # extra arguments of the encoder (e.g. ResNet norm)
+    label_init_std=0.0,  # label-embedding init std; 0 = 1/sqrt(classes) (Chan 2024's Dense on one-hots); DeepMind 0.02
 )
 
 
@@ -45,7 +46,7 @@ def build_transformer(cfg, task):
     from iclscale.models import encoders  # pylint: disable=g-import-not-at-top
     encoder = encoders.build_encoder(cfg.encoder, cfg.width, **dict(cfg.encoder_kwargs))
   module = transformer.ICLTransformer(task.num_classes, cfg.width, cfg.num_layers, cfg.num_heads, cfg.mlp_ratio,
-                                      cfg.pos_period, encoder)
+                                      cfg.pos_period, encoder, cfg.label_init_std)
   return Model(module, lambda key, batch: module.init(key, batch["x"], batch["ctx_labels"])["params"],
                transformer.apply_fn(module))
 

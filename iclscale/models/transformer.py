@@ -65,12 +65,15 @@ class ICLTransformer(nn.Module):
   mlp_ratio: int = 4
   pos_period: float = 30.0
   encoder: nn.Module | None = None   # maps an item [..., *input_shape] to [..., width]; None = identity
+  label_init_std: float = 0.0        # label-embedding init std; 0 = 1/sqrt(num_classes), as a Dense on one-hots
 
   @nn.compact
   def __call__(self, x_BxSx: jax.Array, ctx_labels_BxL: jax.Array) -> jax.Array:
     B, L = ctx_labels_BxL.shape
     items_BxSxD = x_BxSx if self.encoder is None else self.encoder(x_BxSx)
-    labels_BxLxD = nn.Embed(self.num_classes, self.width, name="label_embed")(ctx_labels_BxL)
+    std = self.label_init_std or self.num_classes ** -0.5
+    labels_BxLxD = nn.Embed(self.num_classes, self.width, embedding_init=nn.initializers.truncated_normal(std),
+                            name="label_embed")(ctx_labels_BxL)
     pairs_BxLx2xD = jnp.stack([items_BxSxD[:, :L], labels_BxLxD.astype(items_BxSxD.dtype)], axis=2)
     h_BxTxD = jnp.concatenate([pairs_BxLx2xD.reshape(B, 2 * L, self.width), items_BxSxD[:, L:]], axis=1)
     h_BxTxD = h_BxTxD + sinusoid(interleave_positions(L), self.width, self.pos_period)[None]
