@@ -33,4 +33,4 @@ def test_aggregate_uses_last_step_and_standard_error(tmp_path, monkeypatch):
 
 def test_run_config_sets_the_swept_fields():
   c = nsweep.run_config("quick", 0.0, 12, 3)
-  assert (c.task.dataset_size, c.seed, c.task.p_relevant, c.train.num_steps) == (4096, 3, 0.0, 20_000)
+  assert (c.task.dataset_size, c.seed, c.task.p_relevant, c.train.num_steps) == (4096, 3, 0.0, 50_000)

@@ -37,11 +37,11 @@ def test_loss_decreases_and_outputs_exist(full_run):
 def test_golden_train_loss(full_run):
   """Guards the whole pipeline (data, model, optimizer) against silent changes: seed 0, tiny config."""
   _, out = full_run
-  assert out["train"]["train/loss"] == pytest.approx(GOLDEN_FINAL_LOSS, rel=1e-2), (
+  assert out["train"]["train/loss"] == pytest.approx(GOLDEN_FINAL_LOSS, rel=1e-3), (
       "The tiny run's final-window loss moved: if the change to data/model/optimizer is intended, update GOLDEN.")
 
 
-GOLDEN_FINAL_LOSS = 0.035852  # recorded on a 2-core x86-64 CPU, jax 0.10.2
+GOLDEN_FINAL_LOSS = 0.035653  # recorded on a 2-core x86-64 CPU, jax 0.10.2
 
 
 def test_resume_equals_uninterrupted_run(full_run, tiny, tmp_path):

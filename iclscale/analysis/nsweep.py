@@ -20,7 +20,7 @@ import numpy as np
 
 SCALES = {  # steps per run, log2 N values, seeds
     "tiny": dict(steps=200, log2_sizes=(6, 10), seeds=(0,)),
-    "quick": dict(steps=20_000, log2_sizes=(6, 8, 10, 12, 14), seeds=(0, 1)),
+    "quick": dict(steps=50_000, log2_sizes=(6, 8, 10, 12, 14), seeds=(0, 1)),
     "full": dict(steps=50_000, log2_sizes=(6, 8, 10, 12, 14, 16, 18, 20), seeds=(0, 1, 2, 3, 4)),
 }
 CELLS = [("oobd", "relevant", "C_H"), ("oobd", "relevant", "C_L"), ("oobd", "irrelevant", "C_H"),
