@@ -50,6 +50,8 @@ def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
   c.optim.name = "bilevel"              # one no-regret learner per parameter group (iclscale/learners.py)
   c.optim.lr = 1.0                      # unused by the learners (each has its own lr); logged as train/lr
   c.optim.schedule = "constant"         # the learners run their own lr/sqrt(t) clocks
+  # One learner per parameter group. With model.g='mlp' or model.alpha='mlp' give that group OGD without a box,
+  # e.g. dict(type="ogd", lr=0.1): Hedge's 'pair' experts are probabilities, not network weights.
   c.optim.learners = dict(
       # g: projected OGD on the logit table, kept in a box so the log-loss stays bounded (regret guarantee).
       g=dict(type="ogd", lr=1.0, project="box", lo=-8.0, hi=8.0),

@@ -125,4 +125,4 @@ def penalty(cfg, params: Any) -> jax.Array:
 
 
 # The no-regret learners of Algorithm 1 register optim.name='bilevel' (imported last: learners.py reads BUILDERS).
-from iclscale import learners  # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import  # noqa: E402,F401
+from iclscale import learners  # noqa: E402,F401  # pylint: disable=g-import-not-at-top,wrong-import-position

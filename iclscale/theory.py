@@ -34,12 +34,18 @@ IC predictor h (argmax of the similarity-weighted vote over context labels).
   L > 1: Monte-Carlo through the task's own sampler (r ~ Binomial(L, p), Gaussian inputs, label noise) and h's
   softmax(−‖x_j − x_q‖²/τ) vote: an exact expectation up to sampling error.
 
-Switch point of region r, in visits n, converted to sequences by N = n/π_r (≈ n/w_c: "expected N_x = N·w_c"):
+Switch point of region r, in visits n, converted to sequences by N = n/π_r (≈ n/w_c: "expected N_x = N·w_c").
+With G(n) = Σ_{k<n} (ℓ_g(k) − ℓ_h(k)) the cumulative loss gap (ℓ_g(k) ~ Bernoulli(e_g(r, k)), ℓ_h(k) ~
+Bernoulli(e_h(r)), taken independent):
   instant     first n with e_g(r, n) ≤ e_h(r): the switch of a gate that knew both expected losses.
-  cumulative  first n with Σ_{k<n} e_g(r, k) ≤ n·e_h(r): where the cumulative losses cross, which is where a
-              Hedge or FTRL gate started at α = 1/2 crosses 1/2 (its α is a function of Σ(ℓ_g − ℓ_h)).
-  inf when g's floor stays above h's error: ICL then persists at every N. A group's switch is the median over the
-  regions of its classes.
+  cumulative  first n with E G(n) ≤ 0: the expected cumulative losses cross.
+  median      first n with P(G(n) < 0) + ½·P(G(n) = 0) ≥ ½. A Hedge or FTRL gate started at α = 1/2 has
+              α > 1/2 exactly when G < 0 (its α is a function of G), so this is where the gate's α exceeds 1/2
+              in half of the runs, whatever its learning rate. With few visits G is a small skewed count, and
+              this comes later than the mean rule (e.g. ε = σ = 0: G(n) = 1 − Binomial(n, e_h), n = 17 vs 10).
+              Computed exactly by convolution up to max_visits, by the mean rule beyond.
+  inf when g's floor stays above h's error: ICL then persists at every N. A group switches at the N where half of
+  its queries (weighted by M) fall in regions that have switched.
 """
 from __future__ import annotations
 
@@ -54,7 +60,7 @@ from scipy import stats
 from iclscale.tasks import stylized
 
 GROUPS = ("C_H", "C_L")
-RULES = ("instant", "cumulative")
+RULES = ("instant", "cumulative", "median")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,45 +108,59 @@ def majority_error(n: Any, eps: float, num_classes: int) -> np.ndarray:
   return np.where(n == 0, 1.0 - 1.0 / num_classes, err)
 
 
-def vote_distribution(q_K: np.ndarray, ns: Any, num_samples: int = 4000, seed: int = 0,
+def vote_distribution(q_K: np.ndarray, ns: Any, num_samples: int = 2000, seed: int = 0,
                       force_mc: bool = False) -> np.ndarray:
-  """P[i, y] = P(the plurality of ns[i] draws from q is y), ties broken uniformly; uniform for n = 0."""
-  q_K = np.asarray(q_K, np.float64)
+  """P[i, y] = P(the plurality of ns[i] draws from q is y), ties broken uniformly; uniform for n = 0.
+
+  Closed form (e_maj) when q has at most two labels; otherwise Monte-Carlo over multinomial counts, for the n
+  where the plurality is still in doubt (beyond n = 16·(q1 + q2)/(q1 − q2)², four standard deviations of the
+  top-two count difference, it is the top label).
+  """
+  q_K = np.asarray(q_K, np.float64) / np.sum(q_K)
   K = q_K.size
   ns = np.atleast_1d(np.asarray(ns, np.int64))
   out = np.zeros((ns.size, K))
-  support = np.nonzero(q_K > 1e-12)[0]
-  if len(support) <= 2 and not force_mc:
-    major = support[np.argmax(q_K[support])]
-    minor = support[np.argmin(q_K[support])] if len(support) == 2 else major
-    e = majority_error(ns, q_K[minor] if minor != major else 0.0, K)
-    out[:, major] = 1.0 - e
-    out[:, minor] += np.where(ns > 0, e, 0.0)
+  order = np.argsort(-q_K)
+  q1, q2 = q_K[order[0]], q_K[order[1]]
+  if np.sum(q_K > 1e-12) <= 2 and not force_mc:
+    e = majority_error(ns, q2, K) if q2 > 1e-12 else np.zeros(ns.size)
+    out[:, order[0]] = 1.0 - e
+    out[:, order[1]] += np.where(ns > 0, e, 0.0)
   else:
-    rng = np.random.default_rng(seed)
-    for i, n in enumerate(ns):
-      if n == 0:
-        continue
-      counts = rng.multinomial(n, q_K / q_K.sum(), size=num_samples)
+    doubt = ns <= 16 * (q1 + q2) / max(q1 - q2, 1e-12) ** 2
+    out[~doubt, order[0]] = 1.0
+    mc = np.nonzero(doubt & (ns > 0))[0]
+    if mc.size:
+      counts = np.random.default_rng(seed).multinomial(ns[mc, None], q_K, size=(mc.size, num_samples))
       top = counts == counts.max(-1, keepdims=True)
-      out[i] = (top / top.sum(-1, keepdims=True)).mean(0)  # a tie splits its vote uniformly
+      out[mc] = (top / top.sum(-1, keepdims=True)).mean(1)  # a tie splits its vote uniformly
   out[ns == 0] = 1.0 / K
   return out
 
 
-def confusion(s: Setting, prototypes_KxD: Any, num_samples: int = 20_000, seed: int = 0) -> np.ndarray:
-  """M[c, r] = P(argmin_r' ‖μ_c + σz − μ_r'‖² = r), by Monte-Carlo over z ~ N(0, I)."""
+def confusion(s: Setting, prototypes_KxD: Any, num_samples: int = 200_000, seed: int = 0) -> np.ndarray:
+  """M[c, r] = P(argmin_r' ‖μ_c + σz − μ_r'‖² = r), by Monte-Carlo over z ~ N(0, I).
+
+  The region depends on z only through u = (<z, μ_r>)_r ~ N(0, μμᵀ), so u is drawn directly (K dimensions, not
+  d). Many samples, because rare-class regions are polluted by common classes at rates M[c, r]·w_c/w_r: at
+  σ = 0.2 an M of ~1e-4 matters. (The pairwise half-space formula Φ(−‖μ_c − μ_r‖/2σ) is no substitute: the
+  competitors' events are strongly correlated, and it overstates M[c, r] by ~50% at σ = 0.4.)
+  """
   mu = np.asarray(prototypes_KxD, np.float64)
   K = mu.shape[0]
   if s.input_noise == 0:
     return np.eye(K)
+  gram = mu @ mu.T
+  chol = np.linalg.cholesky(gram + 1e-12 * np.eye(K))
   rng = np.random.default_rng(seed)
   out = np.zeros((K, K))
-  sq = np.sum(mu**2, -1)
+  chunk = 100_000
   for c in range(K):
-    x = mu[c] + s.input_noise * rng.standard_normal((num_samples, mu.shape[1]))
-    out[c] = np.bincount(np.argmax(2 * x @ mu.T - sq, -1), minlength=K) / num_samples
-  return out
+    for start in range(0, num_samples, chunk):
+      u = rng.standard_normal((min(chunk, num_samples - start), K), np.float32) @ chol.T.astype(np.float32)
+      score = (2 * gram[c] - np.diag(gram)).astype(np.float32) + 2 * s.input_noise * u   # 2<x, μ_r> − ‖μ_r‖²
+      out[c] += np.bincount(np.argmax(score, -1), minlength=K)
+  return out / num_samples
 
 
 def region_mix(s: Setting, conf_KxK: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -210,33 +230,63 @@ def visit_grid(max_visits: int) -> np.ndarray:
 
 
 def switch_visits(e_g_n: np.ndarray, e_h: float, rule: str) -> float:
-  """The visit count at which the gate switches to g (module docstring), or inf.
+  """The visit count at which region's gate switches to g (module docstring), or inf.
 
   e_g_n[k] is g's error after k visits, k = 0..n_max; beyond n_max it is taken as constant at e_g_n[-1].
   """
   if rule == "instant":
     hit = np.nonzero(e_g_n <= e_h)[0]
     return float(hit[0]) if hit.size else float("inf")
-  n = np.arange(1, len(e_g_n) + 1)
-  cum = np.cumsum(e_g_n)                    # cum[n-1] = Σ_{k<n} e_g(k)
-  hit = np.nonzero(cum <= n * e_h)[0]
-  if hit.size:
-    return float(n[hit[0]])
-  last, n_max = e_g_n[-1], len(e_g_n)
+  n_max = len(e_g_n)
+  if rule == "median":
+    hit = _median_crossing(e_g_n, e_h)
+    if hit is not None:
+      return float(hit)
+  else:
+    n = np.arange(1, n_max + 1)
+    hit = np.nonzero(np.cumsum(e_g_n) - n * e_h <= 0)[0]
+    if hit.size:
+      return float(n[hit[0]])
+  mean_gap, last = np.sum(e_g_n) - n_max * e_h, e_g_n[-1]
   if last >= e_h:
     return float("inf")
-  return float(np.ceil((cum[-1] - n_max * last) / (e_h - last)))
+  return float(n_max + np.ceil(mean_gap / (e_h - last) - 1e-9))  # E G(n_max + m) = mean_gap − m·(e_h − last) ≤ 0
+
+
+def _median_crossing(e_g_n: np.ndarray, e_h: float) -> int | None:
+  """First n with P(G(n) < 0) + ½P(G(n) = 0) ≥ ½, by convolving the per-visit gap distributions."""
+  n_max = len(e_g_n)
+  center = n_max + 1                 # pmf[center + g] = P(G = g); one cell of padding on each side
+  pmf = np.zeros(2 * n_max + 3)
+  pmf[center] = 1.0
+  for k, e_g in enumerate(e_g_n):
+    up, down = e_g * (1 - e_h), (1 - e_g) * e_h    # the gap of visit k is +1, −1 or 0
+    a, b = center - k - 1, center + k + 2          # G(k + 1) lies in [−k − 1, k + 1]
+    pmf[a:b] = (1 - up - down) * pmf[a:b] + up * pmf[a - 1:b - 1] + down * pmf[a + 1:b + 1]
+    if pmf[:center].sum() + 0.5 * pmf[center] >= 0.5:
+      return k + 1
+  return None
+
+
+def group_switch(n_star_R: np.ndarray, conf_KxK: np.ndarray, ids: np.ndarray) -> float:
+  """The smallest N at which half of the group's queries land in regions already switched (inf if never)."""
+  share_R = conf_KxK[ids].mean(0)          # where the group's queries land
+  for n in np.sort(n_star_R[np.isfinite(n_star_R)]):
+    if share_R[n_star_R <= n].sum() >= 0.5:
+      return float(n)
+  return float("inf")
 
 
 def predict(s: Setting, prototypes_KxD: Any, num_sequences: Any = (), tau: float = 1.0, max_visits: int = 4096,
-            num_samples: int = 20_000, seed: int = 0) -> dict:
+            num_samples: int = 20_000, confusion_samples: int = 300_000, seed: int = 0) -> dict:
   """Per group: the predicted switch N for each rule, and clean g/h errors (floors and curves against N).
 
-  Returns {group: dict(switch={rule: N*}, ic_error=e_h, iw_floor=e_g(∞), weight=w_c,
-                        curve=dict(N=..., iw_error=..., ic_error=...))}, errors averaged over the group's classes.
+  Returns {group: dict(switch={rule: N*}, region_switch={rule: N* of each of the group's regions},
+                        ic_error=e_h, iw_floor=e_g(∞), weight=w_c, curve=dict(N=..., iw_error=..., ic_error=...))},
+  errors averaged over the group's classes.
   """
   K = s.num_classes
-  conf = confusion(s, prototypes_KxD, num_samples, seed)
+  conf = confusion(s, prototypes_KxD, confusion_samples, seed)
   pi_R, rho_RxK, q_RxK = region_mix(s, conf)
   e_h_clean = ic_error(s, prototypes_KxD, tau, None, "clean", num_samples, seed)
   e_h_region = rho_RxK @ ic_error(s, prototypes_KxD, tau, None, "train", num_samples, seed)
@@ -256,13 +306,15 @@ def predict(s: Setting, prototypes_KxD: Any, num_sequences: Any = (), tau: float
       wrong_K = 1.0 - pmf @ vote[r][: n.size]  # P(ŷ_r ≠ c) for every class c
       e_g_clean[i] += conf[:, r] * wrong_K
   floor_K = 1.0 - np.sum(conf * np.stack([v[-1] for v in vote], 1), 1)   # Σ_r M[c, r]·P(ŷ_r(∞) = c)
+  n_star = {rule: np.array([switch_visits(e_g_region[r], e_h_region[r], rule) / pi_R[r] for r in range(K)])
+            for rule in RULES}
   w = s.weights()
   out = {}
   for name in GROUPS:
     ids = s.group(name)
-    switch = {rule: float(np.median([switch_visits(e_g_region[r], e_h_region[r], rule) / pi_R[r] for r in ids]))
-              for rule in RULES}
     h = float(e_h_clean[ids].mean())
-    out[name] = dict(switch=switch, ic_error=h, iw_floor=float(floor_K[ids].mean()), weight=float(w[ids].mean()),
+    out[name] = dict(switch={rule: group_switch(n_star[rule], conf, ids) for rule in RULES},
+                     region_switch={rule: n_star[rule][ids] for rule in RULES},
+                     ic_error=h, iw_floor=float(floor_K[ids].mean()), weight=float(w[ids].mean()),
                      curve=dict(N=ns, iw_error=e_g_clean[:, ids].mean(-1), ic_error=np.full(ns.shape, h)))
   return out

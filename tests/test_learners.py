@@ -181,6 +181,8 @@ def test_invalid_learner_configs(learners_cfg, match):
     bilevel_cfg(**learners_cfg)
 
 
-def test_importing_optim_registers_bilevel():
-  code = "import iclscale.optim as o; assert 'bilevel' in o.BUILDERS and 'bilevel' in o.VALIDATORS"
+@pytest.mark.parametrize("module", ["iclscale.optim", "iclscale.models", "iclscale.learners"])
+def test_importing_optim_or_models_registers_bilevel(module):
+  code = (f"import {module}; from iclscale import optim as o; "
+          "assert 'bilevel' in o.BUILDERS and 'bilevel' in o.VALIDATORS")
   subprocess.run([sys.executable, "-c", code], check=True, cwd=optim.__file__.rsplit("/iclscale/", 1)[0])

@@ -1,16 +1,18 @@
 """The gated model's N sweep beside the theory's predictions (and, optionally, the transformer's).
 
   python -m iclscale.analysis.gated_study --workdir runs/gated_study [--scale quick] [--transformer_runs DIR]
+      [--sigmas 0,0.2] [--p_highs 0.9] [--seeds 0,1,2] [--log2n 6,13]     # override the scale's sweep
 
 Sweeps N (2^6 .. 2^k sequences, one streaming pass each), σ and p_high over seeds with configs/chan2024_gated.py;
 every run goes through iclscale.train.run into its own sub-workdir, and a finished one (its results table holds
 step N) is skipped, so re-running resumes the sweep. Writes to --workdir:
   table.csv          tidy rows: sigma, p_high, seed, N, source (gated | theory | transformer), set, metric, value
-  switch_points.csv  per σ, p_high, group: the predicted switch N (instant, cumulative) and the observed one
-                     (where the mean α on the IBD set of the group crosses 1/2, log-interpolated), per seed
+  switch_points.csv  per σ, p_high, group and seed: the predicted switch N (rules instant, cumulative, median of
+                     theory.py) and the observed one (where the mean α on the group's IBD set crosses 1/2,
+                     log-interpolated; the first N if α starts above 1/2, inf if it never gets there)
   gated_s{σ}_p{p_high}.png  against N: α for C_H and C_L; errors of g, h, f with the theory's g and h curves;
                      ICL (OOBD relevant) and IWL (IBD irrelevant) errors of f, and of the transformer if given.
-Predicted switch points are vertical lines (solid: cumulative rule, dotted: instant rule; see theory.py).
+Predicted switch points are vertical lines (solid: median rule, dotted: instant rule; see theory.py).
 
 A transformer N sweep (--transformer_runs) is a directory of run workdirs, each with config.json (task.dataset_size,
 task.input_noise, task.p_high) and results.csv with evaluators grid/{ibd,oobd}/{relevant,irrelevant}/{C_H,C_L};
@@ -44,6 +46,7 @@ SCALES = {
 }
 GROUPS = theory.GROUPS
 HEADS = ("g", "h", "f")
+RULE_STYLES = {"median": "-", "instant": ":"}  # the rules drawn as vertical lines (all are in the CSV)
 TABLE_FIELDS = ("sigma", "p_high", "seed", "N", "source", "set", "metric", "value")
 
 
@@ -55,7 +58,7 @@ def load_config():
   return module.get_config("quick")
 
 
-def run_config(scale: str, sigma: float, p_high: float, seed: int, n: int):
+def run_config(num_examples: int, sigma: float, p_high: float, seed: int, n: int):
   """The gated config for one point of the sweep: N streaming steps, evaluated (and saved) at the end only."""
   c = load_config()
   c.seed = seed
@@ -67,9 +70,8 @@ def run_config(scale: str, sigma: float, p_high: float, seed: int, n: int):
   c.checkpoint.every = 0                # save at the end (and on preemption) only
   c.checkpoint.per_decade = 0
   c.plot = False
-  k = SCALES[scale]["num_examples"]
-  c.evals.grid.num_examples = k
-  c.evals.grid.batch_size = k
+  c.evals.grid.num_examples = num_examples
+  c.evals.grid.batch_size = num_examples
   return c
 
 
@@ -82,10 +84,9 @@ def finished(path: str, n: int) -> bool:
   return os.path.exists(table) and any(r["step"] == n for r in results_lib.read_rows(table))
 
 
-def sweep(workdir: str, scale: str) -> list[tuple[tuple, str]]:
-  """Runs every missing point of the sweep; returns [((σ, p_high, seed, N), run dir)]."""
+def sweep(workdir: str, sc: dict) -> list[tuple[tuple, str]]:
+  """Runs every missing point of the sweep `sc` (a SCALES entry); returns [((σ, p_high, seed, N), run dir)]."""
   from iclscale import train  # pylint: disable=g-import-not-at-top  # JAX starts only when runs are needed
-  sc = SCALES[scale]
   ns = [2**k for k in range(sc["log2n"][0], sc["log2n"][1] + 1)]
   points = [(s, p, seed, n) for s in sc["sigmas"] for p in sc["p_highs"] for seed in sc["seeds"] for n in ns]
   out = []
@@ -96,7 +97,7 @@ def sweep(workdir: str, scale: str) -> list[tuple[tuple, str]]:
     if finished(path, point[-1]):
       continue
     t = time.time()
-    train.run(run_config(scale, *point), path)
+    train.run(run_config(sc["num_examples"], *point), path)
     print(f"[{i + 1}/{len(points)}] sigma={point[0]:g} p_high={point[1]:g} seed={point[2]} N={point[3]}: "
           f"{time.time() - t:.1f} s (sweep {time.time() - start:.0f} s)", flush=True)
   return out
@@ -133,8 +134,9 @@ def theory_rows(sigma: float, p_high: float, ns: list[int], seeds: tuple) -> tup
   return rows, preds
 
 
-def transformer_rows(directory: str) -> list[dict]:
-  """The last evaluation of each transformer run, keyed by its task's dataset size, σ and p_high."""
+def transformer_rows(directory: str, p_relevant: float) -> list[dict]:
+  """The final evaluation of each finished transformer run trained at p_relevant (an N sweep may also hold the
+  p = 0 / p = 1 baselines), keyed by its task's dataset size, σ and p_high."""
   rows = []
   for name in sorted(os.listdir(directory)):
     path = os.path.join(directory, name)
@@ -144,9 +146,12 @@ def transformer_rows(directory: str) -> list[dict]:
     with open(cfg_path) as f:
       cfg = json.load(f)
     table = results_lib.read(path)
-    if not table or "task.dataset_size" not in cfg:
+    if not table or "task.dataset_size" not in cfg or not np.isclose(cfg.get("task.p_relevant", p_relevant),
+                                                                      p_relevant):
       continue
     last = max(r["step"] for r in table)
+    if last < cfg.get("train.num_steps", last):  # still running
+      continue
     for r in table:
       parts = r["evaluator"].split("/")
       if r["step"] == last and len(parts) == 4 and parts[1] in ("ibd", "oobd"):
@@ -168,7 +173,8 @@ def crossing(ns: np.ndarray, alpha: np.ndarray) -> float:
   return float(2 ** (x0 + (0.5 - a0) / (a1 - a0) * (x1 - x0)))
 
 
-def series(rows: list[dict], source: str, set_name: str, metric: str, **match) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def series(rows: list[dict], source: str, set_name: str, metric: str,
+           **match) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(N, mean over seeds, std over seeds) of one metric."""
   by_n: dict[int, list[float]] = {}
   for r in rows:
@@ -180,18 +186,21 @@ def series(rows: list[dict], source: str, set_name: str, metric: str, **match) -
 
 
 def switch_rows(rows: list[dict], preds: dict, sigma: float, p_high: float, seeds: tuple) -> list[dict]:
+  """Predicted (per seed: the prototypes differ) and observed switch N; seed='all' aggregates the seeds (the
+  median prediction, the crossing of the seed-mean α)."""
   out = []
   for group in GROUPS:
     base = dict(sigma=sigma, p_high=p_high, group=group)
     for rule in theory.RULES:
       values = [preds[s][group]["switch"][rule] for s in seeds]
-      out.append(dict(base, kind=f"predicted_{rule}", seed="mean", N=float(np.mean(values))))
+      out += [dict(base, kind=f"predicted_{rule}", seed=s, N=v) for s, v in zip(seeds, values)]
+      out.append(dict(base, kind=f"predicted_{rule}", seed="all", N=float(np.median(values))))
     for seed in seeds:
       ns, alpha, _ = series([r for r in rows if r["seed"] == seed], "gated", f"ibd/default/{group}", "alpha",
                             sigma=sigma, p_high=p_high)
       out.append(dict(base, kind="observed", seed=seed, N=crossing(ns, alpha)))
     ns, alpha, _ = series(rows, "gated", f"ibd/default/{group}", "alpha", sigma=sigma, p_high=p_high)
-    out.append(dict(base, kind="observed", seed="mean", N=crossing(ns, alpha)))
+    out.append(dict(base, kind="observed", seed="all", N=crossing(ns, alpha)))
   return out
 
 
@@ -204,18 +213,18 @@ def plot(path: str, rows: list[dict], switches: list[dict], sigma: float, p_high
   match = dict(sigma=sigma, p_high=p_high)
   fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
   axes = axes.ravel()
-  ns_all = sorted({int(r["N"]) for r in rows if r["source"] == "gated"})
+  ns_all = sorted({int(r["N"]) for r in rows if r["source"] != "theory" and all(
+      r[k] is None or np.isclose(r[k], v) for k, v in match.items())})
 
   def vlines(ax, groups=GROUPS, label=False):
     for s in switches:
-      if s["group"] in groups and s["seed"] == "mean" and s["kind"].startswith("predicted"):
-        rule = s["kind"].split("_", 1)[1]
+      rule = s["kind"].split("_", 1)[-1]
+      if s["group"] in groups and s["seed"] == "all" and rule in RULE_STYLES:
         text = f"{s['group']} predicted ({rule}): N={s['N']:.0f}" if label else None
         if np.isfinite(s["N"]):
-          ax.axvline(s["N"], color=colors[s["group"]], ls="-" if rule == "cumulative" else ":", lw=1, alpha=0.7,
-                     label=text)
+          ax.axvline(s["N"], color=colors[s["group"]], ls=RULE_STYLES[rule], lw=1, alpha=0.7, label=text)
         elif label:  # no switch at any N: shown in the legend only
-          ax.plot([], [], color=colors[s["group"]], ls="-" if rule == "cumulative" else ":", label=text)
+          ax.plot([], [], color=colors[s["group"]], ls=RULE_STYLES[rule], label=text)
 
   ax = axes[0]
   for group in GROUPS:
@@ -255,7 +264,7 @@ def plot(path: str, rows: list[dict], switches: list[dict], sigma: float, p_high
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
   fig.suptitle(f"gated model, Algorithm 1: σ={sigma:g}, p_high={p_high:g}\n"
-               "vertical lines: predicted switch to IW (solid: cumulative rule, dotted: instant rule)")
+               "vertical lines: predicted switch to IW (solid: median rule, dotted: instant rule; theory.py)")
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
@@ -273,7 +282,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--workdir", required=True, help="study directory (runs/, tables and figures)")
   parser.add_argument("--scale", default="quick", choices=sorted(SCALES))
   parser.add_argument("--transformer_runs", default=None, help="directory of transformer N-sweep workdirs")
+  parser.add_argument("--sigmas", default=None, help="comma-separated σ values, replacing the scale's")
+  parser.add_argument("--p_highs", default=None, help="comma-separated p_high values, replacing the scale's")
+  parser.add_argument("--seeds", default=None, help="comma-separated seeds, replacing the scale's")
+  parser.add_argument("--log2n", default=None, help="smallest,largest log2 N, replacing the scale's (e.g. 6,13)")
   args = parser.parse_args(argv)
+  sc = dict(SCALES[args.scale])
+  for field, cast in (("sigmas", float), ("p_highs", float), ("seeds", int), ("log2n", int)):
+    if getattr(args, field):
+      sc[field] = tuple(cast(v) for v in getattr(args, field).split(","))
   import jax  # pylint: disable=g-import-not-at-top
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.set_verbosity(absl_logging.WARNING)  # one progress line per run instead of every scalar
@@ -281,13 +298,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   jax.config.update("jax_compilation_cache_dir",
                     os.environ.get("ICLSCALE_JAX_CACHE", os.path.expanduser("~/.cache/iclscale/jax")))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  sc = SCALES[args.scale]
   os.makedirs(args.workdir, exist_ok=True)
-  points = sweep(args.workdir, args.scale)
+  points = sweep(args.workdir, sc)
   rows = gated_rows(points)
   ns = [2**k for k in range(sc["log2n"][0], sc["log2n"][1] + 1)]
   switches, figures = [], []
-  transformer = transformer_rows(args.transformer_runs) if args.transformer_runs else []
+  p_relevant = load_config().task.p_relevant
+  transformer = transformer_rows(args.transformer_runs, p_relevant) if args.transformer_runs else []
   rows += transformer
   for sigma in sc["sigmas"]:
     for p_high in sc["p_highs"]:
@@ -299,10 +316,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   write_csv(os.path.join(args.workdir, "table.csv"), rows, TABLE_FIELDS)
   write_csv(os.path.join(args.workdir, "switch_points.csv"), switches,
             ("sigma", "p_high", "group", "kind", "seed", "N"))
-  print("switch points (N sequences; observed = mean α on the IBD set crosses 1/2):")
+  print("switch points, N sequences (observed: the mean α on the group's IBD set crosses 1/2; per seed, then all):")
   for s in switches:
-    if s["seed"] == "mean":
-      print(f"  sigma={s['sigma']:g} p_high={s['p_high']:g} {s['group']} {s['kind']:>20}: {s['N']:.0f}")
+    if s["kind"] in ("predicted_median", "predicted_instant", "observed"):
+      print(f"  sigma={s['sigma']:g} p_high={s['p_high']:g} {s['group']} {s['kind']:>18} seed={s['seed']}: "
+            f"{s['N']:.0f}")
   print(f"wrote {args.workdir}/table.csv, switch_points.csv and {len(figures)} figures")
   return dict(rows=rows, switches=switches, figures=figures)
 

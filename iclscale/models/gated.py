@@ -30,6 +30,7 @@ import optax
 
 from iclscale import config as config_lib
 from iclscale import evaluate
+from iclscale import learners  # noqa: F401  # registers optim 'bilevel', which trains the g/h/alpha groups
 
 DEFAULTS = dict(
     name="gated",
@@ -98,8 +99,10 @@ class Gate(nn.Module):
   @nn.compact
   def __call__(self, x_BxSxD: jax.Array, region_B: jax.Array, num_regions: int) -> jax.Array:
     if self.kind == "table":
-      alpha_R = self.param("table", nn.initializers.constant(self.alpha_init), (num_regions,))
-      return jnp.clip(alpha_R[region_B], 0.0, 1.0)  # the learners keep it inside; clip guards other optimizers
+      alpha_B = self.param("table", nn.initializers.constant(self.alpha_init), (num_regions,))[region_B]
+      # The learners keep α in [0, 1]; the clip only bounds it under other optimizers, and passes the gradient
+      # straight through so that m_t's gradient is exactly ℓ'_g − ℓ'_h even at α = 0 or 1.
+      return alpha_B + jax.lax.stop_gradient(jnp.clip(alpha_B, 0.0, 1.0) - alpha_B)
     flat_BxF = x_BxSxD.reshape(x_BxSxD.shape[0], -1)
     return jax.nn.sigmoid(MLP(tuple(self.hidden) + (1,), name="mlp")(flat_BxF)[:, 0])
 
