@@ -35,8 +35,6 @@ DEFAULTS = dict(
     dataset_size=1024,   # N distinct training sequences, sampled uniformly with replacement; 0 = infinite
 )
 
-_TRAIN_STREAM = 0
-
 
 @dataclasses.dataclass(frozen=True)
 class Spec:
