@@ -21,10 +21,14 @@ sys.path.insert(0, ROOT)
 
 
 def measure(config_name: str, pipeline: str, num_devices: int, seconds: float, k: int) -> dict:
+  mod = __import__(f"configs.{config_name}", fromlist=["get_config"])
+  return dict(measure_config(mod.get_config("quick"), pipeline, num_devices, seconds, k), config=config_name)
+
+
+def measure_config(config, pipeline: str, num_devices: int, seconds: float, k: int) -> dict:
+  """Steady-state steps/s of `config`'s training chunk (compilation excluded)."""
   import jax  # pylint: disable=g-import-not-at-top
   from iclscale import mesh as mesh_lib, models, pipeline as pipe, tasks, train  # pylint: disable=g-import-not-at-top
-  mod = __import__(f"configs.{config_name}", fromlist=["get_config"])
-  config = mod.get_config("quick")
   config.data.pipeline = pipeline
   config.mesh.num_devices = num_devices
   config.train.steps_per_dispatch = k
@@ -62,7 +66,7 @@ def measure(config_name: str, pipeline: str, num_devices: int, seconds: float, k
       n += 1
     jax.block_until_ready(state)
     dt = time.perf_counter() - t0
-  return dict(config=config_name, pipeline=pipeline, devices=num_devices, k=k, steps_per_s=n * k / dt,
+  return dict(pipeline=pipeline, devices=num_devices, k=k, steps_per_s=n * k / dt,
               first_dispatch_s=compile_s)
 
 

@@ -47,6 +47,7 @@ class QueryClassification:
 
   The sets are stacked [S, N, ...] and mapped over, so the model is compiled once however many sets there are.
   """
+  metric_fn = staticmethod(classification_metrics)  # (logits [N, K], set) -> {metric: scalar}
 
   def __init__(self, name: str, cfg, task: Any, apply: Callable, mesh):
     self.name = name
@@ -57,7 +58,7 @@ class QueryClassification:
                                 stacked)
 
     def all_metrics(params, stacked):
-      return jax.lax.map(lambda b: classification_metrics(batched_logits(apply, params, b, cfg.batch_size), b),
+      return jax.lax.map(lambda b: self.metric_fn(batched_logits(apply, params, b, cfg.batch_size), b),
                          stacked)
     self._fn = jax.jit(all_metrics)
 
@@ -76,9 +77,32 @@ def validate_query_classification(name: str, cfg, parallelism: int) -> None:
                    f"{cfg.batch_size} is not divisible by the data-parallel size {parallelism}")
 
 
+ICL_IWL = dict(QUERY_CLASSIFICATION, type="icl_iwl", sets="icl_iwl")
+
+
+def closed_set_metrics(logits_NxK: jax.Array, batch: dict) -> dict[str, jax.Array]:
+  """classification_metrics plus `accuracy_closed`: the argmax restricted to the set's valid labels (upstream's
+  accuracy_closed): the labels in the context where `closed_context` (few-shot, flip), else 0..closed_hi-1."""
+  out = classification_metrics(logits_NxK, batch)
+  K = logits_NxK.shape[-1]
+  in_ctx_NxK = jnp.any(jax.nn.one_hot(batch["ctx_labels"], K, dtype=jnp.bool_), axis=1)
+  in_range_NxK = jnp.arange(K)[None] < batch["closed_hi"][:, None]
+  valid_NxK = jnp.where(batch["closed_context"][:, None], in_ctx_NxK, in_range_NxK)
+  pred_N = jnp.argmax(jnp.where(valid_NxK, logits_NxK, -jnp.inf), -1)
+  out["accuracy_closed"] = (pred_N == batch["target"]).astype(jnp.float32).mean()
+  return out
+
+
+class ICLIWL(QueryClassification):
+  """The ICL/IWL sets of the bursty task (few-shot holdout, no support, CIWL, flip): accuracy over all classes
+  and closed-set accuracy; chance of the closed few-shot accuracy is 1/ways."""
+  metric_fn = staticmethod(closed_set_metrics)
+
+
 # type -> (defaults, validate(name, cfg, parallelism), class(name, cfg, task, apply, mesh))
 REGISTRY: dict[str, tuple[dict, Callable, Callable]] = {
     "query_classification": (QUERY_CLASSIFICATION, validate_query_classification, QueryClassification),
+    "icl_iwl": (ICL_IWL, validate_query_classification, ICLIWL),
 }
 
 
@@ -96,3 +120,7 @@ def resolve(evals_cfg, parallelism: int) -> dict[str, Any]:
 
 def build(evals: dict[str, Any], task: Any, apply: Callable, mesh) -> list[Callable]:
   return [REGISTRY[cfg.type][2](name, cfg, task, apply, mesh) for name, cfg in evals.items()]
+
+
+# The in-weight / in-context probes of the facts task (imported last: fact_probes.py registers into REGISTRY).
+from iclscale import fact_probes  # noqa: E402,F401  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -35,6 +35,7 @@ TRAIN_DEFAULTS = dict(
     batch_size=32,           # global batch (sequences per step), split over the data-parallel devices
     steps_per_dispatch=10,   # K steps per jitted call (lax.scan); every cadence below must be a multiple of K
     log_every=1000,          # write averaged train loss/accuracy/grad-norm and the lr every this many steps
+    eval_at_start=False,     # also run the evaluators on the initial params (step 0): fine-tuning's baseline
 )
 TOP_FIELDS = ("seed", "task", "model", "optim", "train", "data", "mesh", "checkpoint", "eval_every", "evals",
               "report_every_secs", "plot")
@@ -157,20 +158,37 @@ class Preemption:
 
 
 def init_state(cfg, task, model, mesh):
-  """Parameters initialized directly with their shardings, the optimizer chain, and the train state."""
+  """Parameters initialized (or, for pretrained models, loaded) directly with their shardings, the optimizer
+  chain, and the train state."""
   example = jax.eval_shape(task.batch, task.arrays, jnp.zeros((2,), jnp.uint32))
   init_key = jax.random.fold_in(jax.random.key(cfg.seed), 0x1417)
 
   def init_params(key):
     return model.init(key, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), example))
 
-  abstract = jax.eval_shape(init_params, init_key)
+  loaded = None if model.load is None else model.load()
+  abstract = (jax.eval_shape(init_params, init_key) if loaded is None
+              else jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), loaded))
+  shardings = mesh_lib.param_shardings(abstract, mesh, model.param_specs and model.param_specs(abstract, mesh))
   tx, lr_fn = optim.build(cfg.optim, abstract, cfg.train.num_steps)
 
-  def init(key):
-    params = jax.lax.with_sharding_constraint(init_params(key), mesh_lib.param_shardings(abstract, mesh))
-    return dict(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32), sums=zero_sums())
-  return jax.jit(init)(init_key), tx, lr_fn
+  def rest(params):
+    opt_state = tx.init(params)
+    # Adam's moments are zeros, with no data dependence on params to propagate their sharding: constrain them.
+    is_params = lambda x: jax.tree.structure(x) == jax.tree.structure(abstract)
+    opt_shardings = jax.tree.map(lambda x: shardings if is_params(x) else mesh_lib.replicated(mesh), opt_state,
+                                 is_leaf=is_params)
+    return dict(opt_state=jax.lax.with_sharding_constraint(opt_state, opt_shardings),
+                step=jnp.zeros((), jnp.int32), sums=zero_sums())
+
+  if loaded is None:
+    def init(key):
+      params = jax.lax.with_sharding_constraint(init_params(key), shardings)
+      return dict(params=params, **rest(params))
+    return jax.jit(init)(init_key), tx, lr_fn
+  params = jax.device_put(loaded, shardings)  # host -> each device's shards, never a full copy per device
+  del loaded
+  return dict(params=params, **jax.jit(rest)(params)), tx, lr_fn
 
 
 class Outputs:
@@ -249,6 +267,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
       logging.info("Resumed from the checkpoint at step %d in %s", step, workdir)
     preemption = Preemption()
     try:
+      if tr.eval_at_start and restored is None and cfg.evals:
+        outputs = Outputs(cfg, config, workdir, task, model, mesh, -1, True, lr_fn)
+        outputs.evaluate(0, state["params"])
       while step < tr.num_steps:
         if preemption.due(step):
           checkpointer.save(step, state, data_iter)
@@ -282,4 +303,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
   if cfg.plot and jax.process_index() == 0 and step >= tr.num_steps and outputs and outputs.evaluators:
     from iclscale.analysis import plots  # pylint: disable=g-import-not-at-top
     logging.info("Evaluator curves: %s", plots.plot_run(workdir))
+    for ev in outputs.evaluators:  # evaluators with a figure of their own (e.g. fact_probes)
+      if hasattr(ev, "plot"):
+        logging.info("%s figure: %s", ev.name, ev.plot(workdir))
   return dict(step=step, train=outputs.last_train if outputs else {}, evals=outputs.last_evals if outputs else {})

@@ -26,6 +26,8 @@ class Model(NamedTuple):
   init: Callable    # (key, batch) -> params
   apply: Callable   # (params, batch) -> outputs the task's loss reads (query logits for ICL tasks)
   loss: Callable | None = None  # (outputs, batch) -> (loss, metrics); None = the task's loss or query CE
+  load: Callable | None = None  # () -> params (host arrays) of a pretrained model; None = jit-initialize with init
+  param_specs: Callable | None = None  # (abstract params, mesh) -> PartitionSpec tree; None = the fsdp rule
 
 
 def validate_transformer(cfg, input_shape: tuple[int, ...]) -> None:
@@ -59,6 +61,10 @@ REGISTRY: dict[str, tuple[dict, Callable, Callable]] = {
 # The stylized gated model f = α·g + (1−α)·h of Chan et al. 2024 (also registers the 'gated_heads' evaluator).
 from iclscale.models import gated  # pylint: disable=g-import-not-at-top,wrong-import-position  # noqa: E402
 REGISTRY["gated"] = (gated.DEFAULTS, gated.validate, gated.build)
+
+# Gemma 3 as a causal LM scored on answer tokens (pretrained weights loaded, not initialized).
+from iclscale.models import gemma3_lm  # pylint: disable=g-import-not-at-top,wrong-import-position  # noqa: E402
+REGISTRY["gemma3"] = (gemma3_lm.DEFAULTS, gemma3_lm.validate, gemma3_lm.build)
 
 
 def resolve(cfg: ml_collections.ConfigDict, input_shape: tuple[int, ...]) -> ml_collections.FrozenConfigDict:

@@ -11,11 +11,17 @@ from typing import Any
 import ml_collections
 
 from iclscale import config as config_lib
+from iclscale.tasks import bursty
+from iclscale.tasks import facts
 from iclscale.tasks import stylized
+from iclscale.tasks import stylized_omniglot
 
 # name -> (module with DEFAULTS / validate, task class)
 REGISTRY: dict[str, tuple[Any, Any]] = {
     "stylized": (stylized, stylized.StylizedTask),
+    "bursty": (bursty, bursty.BurstyTask),
+    "stylized_omniglot": (stylized_omniglot, stylized_omniglot.StylizedOmniglotTask),
+    "facts": (facts, facts.FactsTask),
 }
 
 

@@ -1,0 +1,59 @@
+"""Training throughput of the transience study's settings: steps/s of the 12-layer model on bursty sequences.
+
+  python -m benchmarks.bursty_throughput                  # token embeddings (Grain vs device), Omniglot 28 and 105 px
+  python -m benchmarks.bursty_throughput --seconds 20
+
+Same method as benchmarks/throughput.py (`measure_config`): each row times `--seconds` of steady state after a
+warm-up dispatch, in its own process on one device. Token embeddings use the cached Gemma table when it exists;
+otherwise a random table of the same shape [1600, 10, 640] (the cost does not depend on the values). Omniglot rows
+use the jointly trained ResNet encoder on the uint8 table converted on the device.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def config_for(setting: str):
+  from configs import singh2023_omniglot, singh2023_tokens  # pylint: disable=g-import-not-at-top
+  if setting == "tokens":
+    c = singh2023_tokens.get_config("full")
+    from iclscale.datasets import token_embeddings  # pylint: disable=g-import-not-at-top
+    if not token_embeddings.table_path(c.task.token_classes, c.task.token_exemplars).exists():
+      c.task.dataset = "synthetic"   # same shapes as the Gemma table; values do not change the cost
+      c.task.synthetic_classes, c.task.synthetic_exemplars = c.task.token_classes, c.task.token_exemplars
+      c.task.synthetic_dim = token_embeddings.EMBED_DIM
+    return c
+  c = singh2023_omniglot.get_config("small" if setting == "omniglot28" else "full")
+  return c
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--seconds", type=float, default=10.0)
+  ap.add_argument("--child", help=argparse.SUPPRESS)
+  args = ap.parse_args()
+  if args.child:
+    from benchmarks import throughput  # pylint: disable=g-import-not-at-top
+    job = json.loads(args.child)
+    config = config_for(job.pop("setting"))
+    out = throughput.measure_config(config, **job)
+    print(json.dumps(dict(out, dataset=config.task.dataset)))
+    return
+  plan = [("tokens", "grain", 50), ("tokens", "device", 50), ("omniglot28", "grain", 2), ("omniglot105", "grain", 1)]
+  for setting, pipeline, k in plan:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    job = json.dumps(dict(setting=setting, pipeline=pipeline, num_devices=1, seconds=args.seconds, k=k))
+    out = subprocess.run([sys.executable, "-m", "benchmarks.bursty_throughput", "--child", job], cwd=ROOT, env=env,
+                         capture_output=True, text=True, check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"12-layer {setting:<12} ({r['dataset']:<16}) {pipeline:<7} K={k:<3} {r['steps_per_s']:8.2f} steps/s   "
+          f"(first dispatch incl. compile {r['first_dispatch_s']:.1f} s)", flush=True)
+
+
+if __name__ == "__main__":
+  main()
