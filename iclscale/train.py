@@ -279,8 +279,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
         idx = None if data_iter is None else mesh_lib.to_global(next(data_iter), idx_sharding, (k, tr.batch_size))
         state = train_chunk(state, task.arrays, idx)
         step += k
-        if outputs is None:
+        if step == start_step + k:
           logging.info("First training step dispatched %.1f s after start.", time.time() - start_time)
+        if outputs is None:
           outputs = Outputs(cfg, config, workdir, task, model, mesh, start_step if restored else -1,
                             restored is None, lr_fn)
         outputs.report(step)
