@@ -79,8 +79,8 @@ def get_config(arg: str = "full") -> ml_collections.ConfigDict:
   c.evals = ml_collections.ConfigDict()
   c.evals.icl_iwl = dict(               # few-shot holdout (ICL), no support (IWL), CIWL, flip, training-like
       type="icl_iwl", sets="icl_iwl",
-      num_examples=pick(tiny=16, local=1000, full=1000),   # upstream eval_iters 1000
-      batch_size=pick(tiny=16, local=500, full=500))
+      num_examples=pick(tiny=16, local=1024, full=1024),   # upstream eval_iters 1000, rounded to divide by 8 devices
+      batch_size=pick(tiny=16, local=512, full=512))
   c.report_every_secs = 60.0            # steps/s and ETA (CLU ReportProgress)
   c.plot = True                         # write curves.png at the end of the run
   return c
