@@ -35,6 +35,8 @@ def config_for(setting: str):
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--seconds", type=float, default=10.0)
+  ap.add_argument("--settings", default="tokens,omniglot28,omniglot105",
+                  help="comma-separated subset of tokens, omniglot28, omniglot105")
   ap.add_argument("--child", help=argparse.SUPPRESS)
   args = ap.parse_args()
   if args.child:
@@ -45,7 +47,7 @@ def main():
     print(json.dumps(dict(out, dataset=config.task.dataset)))
     return
   plan = [("tokens", "grain", 50), ("tokens", "device", 50), ("omniglot28", "grain", 2), ("omniglot105", "grain", 1)]
-  for setting, pipeline, k in plan:
+  for setting, pipeline, k in [p for p in plan if p[0] in args.settings.split(",")]:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS="--xla_force_host_platform_device_count=1")
     job = json.dumps(dict(setting=setting, pipeline=pipeline, num_devices=1, seconds=args.seconds, k=k))
     out = subprocess.run([sys.executable, "-m", "benchmarks.bursty_throughput", "--child", job], cwd=ROOT, env=env,
