@@ -11,16 +11,20 @@ import pytest  # pylint: disable=wrong-import-position
 from configs import chan2024_synthetic  # pylint: disable=wrong-import-position
 
 
-def tiny_config(**overrides):
-  """The stylized tiny config with dotted-key overrides, e.g. tiny_config(**{"train.num_steps": 100})."""
-  c = chan2024_synthetic.get_config("tiny")
+def override(config, **overrides):
+  """Sets dotted-key fields in place, e.g. override(c, **{"train.num_steps": 100}), and returns the config."""
   for key, value in overrides.items():
-    node = c
+    node = config
     *parents, leaf = key.split(".")
     for p in parents:
       node = node[p]
     node[leaf] = value
-  return c
+  return config
+
+
+def tiny_config(**overrides):
+  """The stylized tiny config with dotted-key overrides."""
+  return override(chan2024_synthetic.get_config("tiny"), **overrides)
 
 
 @pytest.fixture

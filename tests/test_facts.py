@@ -14,6 +14,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs import gemma_finetune
+from conftest import override
 from iclscale import fact_probes, mesh as mesh_lib, models, optim, results, tasks, train
 from iclscale.models import gemma3_lm
 from iclscale.tasks import facts
@@ -25,13 +26,7 @@ def tiny_config(**overrides):
   c = gemma_finetune.get_config("tiny")
   c.mesh.num_devices = 4  # conftest simulates 8 CPU devices: fsdp x model = 2 x 2 exercises the gemma3 specs
   c.mesh.fsdp, c.mesh.model = 2, 2
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return override(c, **overrides)
 
 
 @pytest.fixture(scope="module")
