@@ -120,7 +120,7 @@ def make_train_chunk(cfg, task, model, tx, mesh):
     batch = jax.lax.with_sharding_constraint(batch, jax.tree.map(lambda x: mesh_lib.batch_spec(x.ndim), batch))
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads), count=1.0)
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads), count=1.0)
     sums = {m: state["sums"][m] + metrics[m] for m in state["sums"]}
     return (dict(params=optax.apply_updates(state["params"], updates), opt_state=opt_state,
                  step=state["step"] + 1, sums=sums), arrays), None
