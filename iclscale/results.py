@@ -54,6 +54,14 @@ class ResultsTable:
       self._rewrite(read_rows(self.path) + rows)
 
 
+def write_dicts(path: str, rows: list[dict], fields: tuple | None = None) -> None:
+  """A CSV of dict rows (study tables, summaries); columns are `fields` or the first row's keys."""
+  with open(path, "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=list(fields or rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+
+
 def read_rows(path) -> list[dict]:
   with epath.Path(path).open() as f:
     return [dict(step=int(r["step"]), evaluator=r["evaluator"], metric=r["metric"], value=float(r["value"]))

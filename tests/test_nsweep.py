@@ -24,7 +24,7 @@ def test_aggregate_uses_last_step_and_standard_error(tmp_path, monkeypatch):
   row = next(r for r in table if r["log2_N"] == 6)
   assert row["mean"] == pytest.approx(0.3) and row["se"] == pytest.approx(np.std([0.2, 0.4], ddof=1) / np.sqrt(2))
   assert next(r for r in table if r["log2_N"] == 8)["se"] == 0
-  nsweep.write_table(table, str(tmp_path / "t.csv"))
+  results.write_dicts(str(tmp_path / "t.csv"), table)
   nsweep.plot(table, str(tmp_path / "t.png"))
   with open(tmp_path / "t.csv") as f:
     assert len(list(csv.DictReader(f))) == 2

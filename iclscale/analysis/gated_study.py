@@ -22,7 +22,6 @@ that the transformer's N is a dataset trained on for many epochs, the gated mode
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib.util
 import json
 import math
@@ -270,13 +269,6 @@ def plot(path: str, rows: list[dict], switches: list[dict], sigma: float, p_high
   plt.close(fig)
 
 
-def write_csv(path: str, rows: list[dict], fields: tuple) -> None:
-  with open(path, "w", newline="") as f:
-    w = csv.DictWriter(f, fields)
-    w.writeheader()
-    w.writerows(rows)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--workdir", required=True, help="study directory (runs/, tables and figures)")
@@ -313,8 +305,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       switches += switch_rows(rows, preds, sigma, p_high, sc["seeds"])
       figures.append(os.path.join(args.workdir, f"gated_s{sigma:g}_p{p_high:g}.png"))
       plot(figures[-1], rows, [s for s in switches if s["sigma"] == sigma and s["p_high"] == p_high], sigma, p_high)
-  write_csv(os.path.join(args.workdir, "table.csv"), rows, TABLE_FIELDS)
-  write_csv(os.path.join(args.workdir, "switch_points.csv"), switches,
+  results_lib.write_dicts(os.path.join(args.workdir, "table.csv"), rows, TABLE_FIELDS)
+  results_lib.write_dicts(os.path.join(args.workdir, "switch_points.csv"), switches,
             ("sigma", "p_high", "group", "kind", "seed", "N"))
   print("switch points, N sequences (observed: the mean α on the group's IBD set crosses 1/2; per seed, then all):")
   for s in switches:

@@ -11,12 +11,14 @@ Reported values are the evaluators at the last step, mean ± standard error over
 from __future__ import annotations
 
 import argparse
-import csv
+import itertools
 import logging
 import os
 import time
 
 import numpy as np
+
+from iclscale import results
 
 SCALES = {  # steps per run, log2 N values, seeds
     "tiny": dict(steps=200, log2_sizes=(6, 10), seeds=(0,)),
@@ -50,20 +52,17 @@ def run_all(workdir: str, scale: str, p_values: list[float]) -> list[str]:
   from iclscale import train  # pylint: disable=g-import-not-at-top
   s = SCALES[scale]
   dirs = []
-  for p in p_values:
-    for log2_n in s["log2_sizes"]:
-      for seed in s["seeds"]:
-        d = os.path.join(workdir, run_name(p, log2_n, seed))
-        t0 = time.time()
-        out = train.run(run_config(scale, p, log2_n, seed), d)
-        logging.info("%s: step %d in %.0f s", d, out["step"], time.time() - t0)
-        dirs.append(d)
+  for p, log2_n, seed in itertools.product(p_values, s["log2_sizes"], s["seeds"]):
+    d = os.path.join(workdir, run_name(p, log2_n, seed))
+    t0 = time.time()
+    out = train.run(run_config(scale, p, log2_n, seed), d)
+    logging.info("%s: step %d in %.0f s", d, out["step"], time.time() - t0)
+    dirs.append(d)
   return dirs
 
 
 def aggregate(workdir: str, scale: str, p_values: list[float]) -> list[dict]:
   """Mean and standard error over seeds of every grid cell's error at the last step, per (p, N)."""
-  from iclscale import results  # pylint: disable=g-import-not-at-top
   s = SCALES[scale]
   table = []
   for p in p_values:
@@ -79,13 +78,6 @@ def aggregate(workdir: str, scale: str, p_values: list[float]) -> list[dict]:
         table.append(dict(p_relevant=p, log2_N=log2_n, evaluator=key[0], metric=key[1], mean=v.mean(), se=se,
                           seeds=len(v)))
   return table
-
-
-def write_table(table: list[dict], path: str) -> None:
-  with open(path, "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=list(table[0]))
-    w.writeheader()
-    w.writerows(table)
 
 
 def plot(table: list[dict], path: str) -> None:
@@ -134,7 +126,7 @@ def main():
   if not args.aggregate_only:
     run_all(args.workdir, args.scale, p_values)
   table = aggregate(args.workdir, args.scale, p_values)
-  write_table(table, os.path.join(args.workdir, "nsweep_table.csv"))
+  results.write_dicts(os.path.join(args.workdir, "nsweep_table.csv"), table)
   plot(table, os.path.join(args.workdir, "nsweep.png"))
   print(f"{len(table)} rows -> {args.workdir}/nsweep_table.csv and nsweep.png ({time.time() - t0:.0f} s)")
   for flip, rel, group in CELLS:

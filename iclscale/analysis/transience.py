@@ -17,7 +17,6 @@ across runs, slope_vs_l2.png (optim.l2 from each run's config.json) and peak_vs_
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -148,13 +147,6 @@ def plot_scatter(summaries: list[dict], x: str, y: str, path: str, xlabel: str, 
   return path
 
 
-def write_summary(summaries: list[dict], path: str) -> None:
-  with open(path, "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=list(summaries[0]))
-    w.writeheader()
-    w.writerows(summaries)
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("runs", nargs="+", help="run directories holding results.csv")
@@ -172,7 +164,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                "optim.l2", "ICL decay slope (accuracy / decade)", logx=True)
   plot_scatter(summaries, "num_classes", "icl_peak", os.path.join(args.out, "peak_vs_classes.png"),
                "classes", "ICL peak accuracy", logx=True)
-  write_summary(summaries, os.path.join(args.out, "transience_summary.csv"))
+  results_lib.write_dicts(os.path.join(args.out, "transience_summary.csv"), summaries)
   for s in summaries:
     print(f"{s['run']}: ICL peak {s['icl_peak']:.3f} at step {s['icl_peak_step']:.0f}, decay slope "
           f"{s['icl_decay_slope']:.4f}/decade, final ICL {s['icl_final']:.3f}; IWL onset step {s['iwl_onset_step']:.0f}, "
