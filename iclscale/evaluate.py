@@ -36,7 +36,7 @@ def classification_metrics(logits_NxK: jax.Array, batch: dict) -> dict[str, jax.
 
 def batched_logits(apply: Callable, params: Any, batch: dict, batch_size: int) -> jax.Array:
   """Logits of N sequences computed batch_size at a time (lax.map keeps memory at one batch)."""
-  n = batch["target"].shape[0]
+  n = jax.tree.leaves(batch)[0].shape[0]
   chunks = jax.tree.map(lambda x: x.reshape((n // batch_size, batch_size) + x.shape[1:]), batch)
   logits = jax.lax.map(lambda b: apply(params, b), chunks)
   return logits.reshape((n,) + logits.shape[2:])
@@ -99,10 +99,68 @@ class ICLIWL(QueryClassification):
   metric_fn = staticmethod(closed_set_metrics)
 
 
+EPISODE_ACCURACY = dict(
+    type="episode_accuracy",
+    sets="fewshot",         # fewshot: held-out episodes under every curriculum; episodes: the finetuned copies'
+    batch_size=250,         # sequences per forward pass (fewshot sets are padded to a multiple of it)
+)
+PAD_BLOCK = -2              # `block` of padding rows: neither test (-1) nor study (0 = A, 1 = B)
+
+
+def answer_metrics(logits_xNxV: jax.Array, batch: dict) -> dict[str, jax.Array]:
+  """Exact match of all answer tokens and answer CE, over the test rows (block -1), the study rows (block >= 0)
+  and each finetuning block of study rows (A = 0, B = 1)."""
+  tok_xN, mask_xN, block_x = batch["answer_tok"], batch["answer_mask"], batch["block"]
+  hit_x = jnp.all((jnp.argmax(logits_xNxV, -1) == tok_xN) | ~mask_xN, -1).astype(jnp.float32)
+  ce_x = jnp.sum(jnp.where(mask_xN, optax.softmax_cross_entropy_with_integer_labels(
+      logits_xNxV.astype(jnp.float32), tok_xN), 0.0), -1)
+  mean_where = lambda v, m: jnp.sum(jnp.where(m, v, 0.0)) / jnp.maximum(jnp.sum(m), 1)
+  return dict(accuracy_test=mean_where(hit_x, block_x == -1), accuracy_study=mean_where(hit_x, block_x >= 0),
+              accuracy_study_A=mean_where(hit_x, block_x == 0), accuracy_study_B=mean_where(hit_x, block_x == 1),
+              ce_test=mean_where(ce_x, block_x == -1))
+
+
+class EpisodeAccuracy:
+  """Answer accuracy of episodic tasks (tasks/episodes.py) on test and study queries of held-out episodes.
+
+  'fewshot' sets are rows [N] (padded to a multiple of batch_size); 'episodes' sets are per model copy [E, Q]
+  and go through the vmapped copies in one pass. Sets are small: they are kept replicated."""
+
+  def __init__(self, name: str, cfg, task: Any, apply: Callable, mesh):
+    self.name = name
+    sets = task.eval_sets(cfg.sets, 0)
+    self.set_names = list(sets)
+    per_copy = sets[self.set_names[0]]["tokens"].ndim == 3
+
+    def pad(x, fill):
+      n = -(-x.shape[0] // cfg.batch_size) * cfg.batch_size
+      return np.concatenate([x, np.full((n - x.shape[0],) + x.shape[1:], fill, x.dtype)])
+    if not per_copy:
+      sets = {k: {f: pad(np.asarray(v), PAD_BLOCK if f == "block" else 0) for f, v in s.items()}
+              for k, s in sets.items()}
+    self.sets = jax.device_put(sets, mesh_lib.replicated(mesh))
+
+    def all_metrics(params, sets):
+      return {k: answer_metrics(apply(params, s) if per_copy else batched_logits(apply, params, s, cfg.batch_size), s)
+              for k, s in sets.items()}
+    self._fn = jax.jit(all_metrics)
+
+  def __call__(self, params: Any) -> dict[tuple[str, str], float]:
+    out = jax.device_get(self._fn(params, self.sets))
+    return {(f"{self.name}/{k}", m): float(v) for k, ms in out.items() for m, v in ms.items()}
+
+
+def validate_episode_accuracy(name: str, cfg, parallelism: int) -> None:
+  del parallelism  # the sets are replicated
+  config_lib.check_one_of(cfg, "sets", f"evals.{name}", ("fewshot", "episodes"))
+  config_lib.check_positive(cfg, "batch_size", f"evals.{name}")
+
+
 # type -> (defaults, validate(name, cfg, parallelism), class(name, cfg, task, apply, mesh))
 REGISTRY: dict[str, tuple[dict, Callable, Callable]] = {
     "query_classification": (QUERY_CLASSIFICATION, validate_query_classification, QueryClassification),
     "icl_iwl": (ICL_IWL, validate_query_classification, ICLIWL),
+    "episode_accuracy": (EPISODE_ACCURACY, validate_episode_accuracy, EpisodeAccuracy),
 }
 
 

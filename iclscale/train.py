@@ -73,6 +73,12 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   parallelism = mesh_lib.batch_parallelism(out.mesh)
   config_lib.check(tr.batch_size % parallelism == 0, "train.batch_size",
                    f"{tr.batch_size} is not divisible by the data-parallel size {parallelism}")
+  copies = tasks.num_copies(out.task)
+  if copies > 1:  # independent model copies (tasks/episodes.py finetune mode, models.with_copies)
+    config_lib.check(tr.batch_size % copies == 0, "train.batch_size",
+                     f"{tr.batch_size} does not split over the task's {copies} model copies")
+    config_lib.check(not out.optim.grad_clip, "optim.grad_clip",
+                     "a global-norm clip couples the independent model copies; set 0")
   out.evals = evaluate.resolve(config.evals, parallelism)
   config_lib.check(isinstance(config.report_every_secs, (int, float)) and config.report_every_secs > 0,
                    "report_every_secs", f"must be > 0, got {config.report_every_secs!r}")
@@ -116,7 +122,8 @@ def make_train_chunk(cfg, task, model, tx, mesh):
     state, arrays = carry
     if idx_B is None:  # device-side sampling: the bound the Grain pipeline is measured against
       idx_B = pipeline.device_indices(sampler_key, task.dataset_size, cfg.train.batch_size, state["step"])
-    batch = task.batch(arrays, idx_B)
+    # Scheduled tasks (e.g. blocked finetuning) read the step: the data of step t stays a function of (seed, t).
+    batch = task.batch(arrays, idx_B, state["step"]) if getattr(task, "scheduled", False) else task.batch(arrays, idx_B)
     batch = jax.lax.with_sharding_constraint(batch, jax.tree.map(lambda x: mesh_lib.batch_spec(x.ndim), batch))
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -160,7 +167,7 @@ class Preemption:
 def init_state(cfg, task, model, mesh):
   """Parameters initialized (or, for pretrained models, loaded) directly with their shardings, the optimizer
   chain, and the train state."""
-  example = jax.eval_shape(task.batch, task.arrays, jnp.zeros((2,), jnp.uint32))
+  example = jax.eval_shape(task.batch, task.arrays, jnp.zeros((2 * getattr(task, "num_copies", 1),), jnp.uint32))
   init_key = jax.random.fold_in(jax.random.key(cfg.seed), 0x1417)
 
   def init_params(key):

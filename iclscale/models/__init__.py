@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from iclscale import config as config_lib
 from iclscale.models import transformer
@@ -62,6 +65,10 @@ REGISTRY: dict[str, tuple[dict, Callable, Callable]] = {
 from iclscale.models import gated  # pylint: disable=g-import-not-at-top,wrong-import-position  # noqa: E402
 REGISTRY["gated"] = (gated.DEFAULTS, gated.validate, gated.build)
 
+# A Llama-style token decoder trained from scratch (Russin et al. 2024's metalearning model).
+from iclscale.models import decoder  # pylint: disable=g-import-not-at-top,wrong-import-position  # noqa: E402
+REGISTRY["decoder"] = (decoder.DEFAULTS, decoder.validate, decoder.build)
+
 # Gemma 3 as a causal LM scored on answer tokens (pretrained weights loaded, not initialized).
 from iclscale.models import gemma3_lm  # pylint: disable=g-import-not-at-top,wrong-import-position  # noqa: E402
 REGISTRY["gemma3"] = (gemma3_lm.DEFAULTS, gemma3_lm.validate, gemma3_lm.build)
@@ -76,6 +83,27 @@ def resolve(cfg: ml_collections.ConfigDict, input_shape: tuple[int, ...]) -> ml_
   return full
 
 
+def with_copies(model: Model, n: int) -> Model:
+  """n independent copies of a model trained side by side: parameters stacked on a leading axis, init, apply and
+  loss vmapped over it (a batch is [n, ...]). The loss is the sum of the copies' own mean losses, so each copy's
+  gradient is its own; with an elementwise optimizer (Adam; no global-norm clipping, which train.resolve
+  refuses) each copy follows exactly the trajectory it would follow alone."""
+  if model.loss is None:
+    raise ValueError("model copies need a model with its own loss")
+
+  def loss(outputs, batch):
+    loss_n, metrics_n = jax.vmap(model.loss)(outputs, batch)
+    return loss_n.sum(), jax.tree.map(jnp.mean, metrics_n)
+
+  def load():  # every copy starts from the same pretrained parameters
+    return jax.tree.map(lambda x: np.broadcast_to(x, (n,) + x.shape).copy(), model.load())
+
+  return Model(model.module, lambda key, batch: jax.vmap(model.init)(jax.random.split(key, n), batch),
+               jax.vmap(model.apply), loss, load if model.load else None)
+
+
 def build(cfg: ml_collections.FrozenConfigDict, task: Any) -> Model:
-  """Builds a model from a resolved config."""
-  return REGISTRY[cfg.name][2](cfg, task)
+  """Builds a model from a resolved config: n vmapped copies if the task trains n (task.num_copies)."""
+  model = REGISTRY[cfg.name][2](cfg, task)
+  n = getattr(task, "num_copies", 1)
+  return with_copies(model, n) if n > 1 else model

@@ -12,7 +12,9 @@ import ml_collections
 
 from iclscale import config as config_lib
 from iclscale.tasks import bursty
+from iclscale.tasks import category
 from iclscale.tasks import facts
+from iclscale.tasks import grid
 from iclscale.tasks import stylized
 from iclscale.tasks import stylized_omniglot
 
@@ -22,6 +24,8 @@ REGISTRY: dict[str, tuple[Any, Any]] = {
     "bursty": (bursty, bursty.BurstyTask),
     "stylized_omniglot": (stylized_omniglot, stylized_omniglot.StylizedOmniglotTask),
     "facts": (facts, facts.FactsTask),
+    "russin_grid": (grid, grid.GridTask),
+    "russin_category": (category, category.CategoryTask),
 }
 
 
@@ -42,6 +46,12 @@ def resolve(cfg: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
 def input_shape(cfg: ml_collections.ConfigDict) -> tuple[int, ...]:
   """The shape of one item of a resolved task config, known before any array is built."""
   return tuple(REGISTRY[cfg.name][0].input_shape(cfg))
+
+
+def num_copies(cfg: ml_collections.ConfigDict) -> int:
+  """How many independent model copies a resolved task config trains side by side (1 for most tasks)."""
+  module = REGISTRY[cfg.name][0]
+  return module.num_copies(cfg) if hasattr(module, "num_copies") else 1
 
 
 def build(cfg: ml_collections.FrozenConfigDict, seed: int):
