@@ -90,7 +90,7 @@ def test_gemma_tokenizer_splits_the_answer_into_space_digit_pieces():
 
 def test_forced_logits_score_exact_one_and_logp_zero():
   encode, _ = facts.make_encoder("bytes")
-  pairs = [russin_llm.encode_pair(encode, p, a) for p, a in russin_llm.make_prompts(0, 1)[("rule", "blocked")]]
+  pairs = [russin_llm.encode_pair(encode, p, a) for p, a in russin_llm.make_prompts(0, 2)[("rule", "blocked")]]
   rows = facts.pack(pairs[:20], 0, 4, "prompt_len")     # 20 rows: the last pass is padded and trimmed
   forced = lambda params, b: 100.0 * jax.nn.one_hot(b["answer_tok"], 128)
   scores = russin_llm.score(forced, None, rows)

@@ -151,7 +151,7 @@ def plot(table: list[dict], path: str) -> None:
     a.grid(axis="y", alpha=0.3)
     a.legend(fontsize=6)
   ax.set_ylim(0, 1.05)
-  fig.suptitle(f"Grid task, text prompts (Russin et al. 2024 §LLMs), n = {table[0]['n']} prompts per cell")
+  fig.suptitle(f"Grid task, text prompts (Russin et al. 2024, LLM table), n = {table[0]['n']} prompts per cell")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
