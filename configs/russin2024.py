@@ -20,8 +20,8 @@ import ml_collections
 SCALES = {
     ("grid", "full"): dict(layers=12, heads=8, width=64, ffn=128, steps=585_000, batch=256, lr=1e-3,
                            episodes=12_000, eval_every=1000, block_steps=1000, ft_batch=5, ft_lr=1e-4, test=10),
-    ("grid", "cpu"): dict(layers=4, heads=8, width=64, ffn=128, steps=12_000, batch=64, lr=1e-3,
-                          episodes=12_000, eval_every=1000, block_steps=250, ft_batch=5, ft_lr=1e-4, test=20),
+    ("grid", "cpu"): dict(layers=4, heads=8, width=64, ffn=128, steps=30_000, batch=64, lr=1e-3,
+                          episodes=12_000, eval_every=2000, block_steps=250, ft_batch=5, ft_lr=1e-4, test=20),
     ("grid", "tiny"): dict(layers=1, heads=2, width=16, ffn=32, steps=20, batch=8, lr=1e-3,
                            episodes=64, eval_every=10, block_steps=5, ft_batch=2, ft_lr=1e-3, test=4),
     ("category", "full"): dict(layers=4, heads=8, width=64, ffn=128, steps=60_000, batch=256, lr=1e-4,
@@ -89,7 +89,7 @@ def get_config(arg: str = "grid") -> ml_collections.ConfigDict:
   c.data.prefetch = 4
 
   c.mesh = ml_collections.ConfigDict()
-  c.mesh.num_devices = 0                # all devices
+  c.mesh.num_devices = 1 if finetune else 0   # finetune copies are tiny and their batch rows few: one device
   c.mesh.data = -1                      # data parallel over them
   c.mesh.fsdp = 1                       # the model is tiny: no parameter sharding
   c.mesh.model = 1
