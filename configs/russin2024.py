@@ -14,14 +14,15 @@ curriculum (ICL); in finetune mode the evaluator follows the copies' study reten
 import ml_collections
 
 # Per task and scale: model (layers, heads, width, ffn), metalearning (steps, batch, lr, train episodes, eval
-# cadence), finetuning (steps per block, batch per copy, lr), held-out episodes.
+# cadence), finetuning (steps per block, batch per copy, lr), held-out episodes (test) and finetuned copies.
 # full = the reference (§4-§6); cpu = the largest setting measured to finish in about an hour on a 2-core CPU
 # (README); tiny = seconds, for tests.
 SCALES = {
     ("grid", "full"): dict(layers=12, heads=8, width=64, ffn=128, steps=585_000, batch=256, lr=1e-3,
                            episodes=12_000, eval_every=1000, block_steps=1000, ft_batch=5, ft_lr=1e-4, test=10),
-    ("grid", "cpu"): dict(layers=4, heads=8, width=64, ffn=128, steps=30_000, batch=64, lr=1e-3,
-                          episodes=12_000, eval_every=2000, block_steps=250, ft_batch=5, ft_lr=1e-4, test=20),
+    ("grid", "cpu"): dict(layers=2, heads=8, width=64, ffn=128, steps=20_000, batch=32, lr=1e-3,
+                          episodes=12_000, eval_every=1000, block_steps=250, ft_batch=5, ft_lr=3e-4, test=20,
+                          copies=10),
     ("grid", "tiny"): dict(layers=1, heads=2, width=16, ffn=32, steps=20, batch=8, lr=1e-3,
                            episodes=64, eval_every=10, block_steps=5, ft_batch=2, ft_lr=1e-3, test=4),
     ("category", "full"): dict(layers=4, heads=8, width=64, ffn=128, steps=60_000, batch=256, lr=1e-4,
@@ -53,7 +54,9 @@ def get_config(arg: str = "grid") -> ml_collections.ConfigDict:
   c.task.rotated = "rotated" in rest    # rule-like (False) or 45°-rotated (True) answers
   c.task.curriculum = "blocked"         # context curriculum of metalearning (upstream's main ICL+IWL models: blocked)
   c.task.num_train_episodes = s["episodes"]   # metalearning episodes (upstream 12,000)
-  c.task.num_test_episodes = s["test"]  # held-out episodes: few-shot evaluation; one finetuned copy each
+  # held-out episodes: few-shot evaluation; finetune: one copy each (held-out keys are the last of the seed's
+  # shuffle, so fewer copies finetune a subset of the evaluated episodes)
+  c.task.num_test_episodes = s.get("copies", s["test"]) if finetune else s["test"]
   c.task.mode = "finetune" if finetune else "metalearn"
   c.task.finetune_schedule = "blocked"  # finetune: blocked A, B, A, B or interleaved
   c.task.steps_per_block = s["block_steps"]   # finetune: steps per block (upstream 1000)
@@ -79,7 +82,7 @@ def get_config(arg: str = "grid") -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 4 * s["block_steps"] if finetune else s["steps"]   # finetune: 4 blocks (A, B, A, B)
-  c.train.batch_size = (s["ft_batch"] * s["test"]) if finetune else s["batch"]   # finetune: per copy x copies
+  c.train.batch_size = s["ft_batch"] * c.task.num_test_episodes if finetune else s["batch"]   # per copy x copies
   c.train.steps_per_dispatch = 5 if finetune or scale == "tiny" else 50   # K steps per jitted scan
   c.train.log_every = s["block_steps"] if finetune else s["eval_every"]   # train-metric cadence
   c.train.eval_at_start = finetune      # finetune: step 0 = few-shot accuracy before any IWL (the ICL measure)

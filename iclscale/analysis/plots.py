@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 
 from iclscale import results as results_lib  # pylint: disable=wrong-import-position
 
-PREFERRED_METRICS = ("error", "accuracy", "loss")
+PREFERRED_METRICS = ("error", "accuracy", "accuracy_test", "loss")
 
 
 def panels(rows: list[dict]) -> dict[str, dict[str, str]]:

@@ -13,7 +13,7 @@ Per seed, every run an ordinary resumable run in its own sub-workdir (skipped wh
 Measures (reference §7): ICL = few-shot test-item accuracy on held-out episodes before any finetuning;
 retention = study-item accuracy after the last finetuning block; generalization = test-item accuracy then.
 Reported: mean and 95% t-interval over seeds (each seed's value a mean over its held-out episodes).
-Writes russin_<task>.csv, russin_<task>.md and russin_<task>.png in --workdir.
+Writes russin_<task>.csv, .md, .png (the table) and russin_<task>_curves.png (finetuning curves) in --workdir.
 """
 from __future__ import annotations
 
@@ -113,8 +113,10 @@ def plot(task: str, rows: list[dict], path: str) -> str:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   shown = [m for m in MEASURES if any(r["measure"] == m for r in rows)]
-  fig, axes = plt.subplots(1, len(shown), figsize=(3.1 * len(shown), 3.2), sharey=True)
-  for ax, measure in zip(np.atleast_1d(axes), shown):
+  cols = min(3, len(shown))
+  fig, axes = plt.subplots(-(-len(shown) // cols), cols, figsize=(3.3 * cols, 3.0 * -(-len(shown) // cols)),
+                           sharey=True, squeeze=False)
+  for ax, measure in zip(axes.flat, shown):
     for j, sched in enumerate(SCHEDULES):
       for i, rot in enumerate(ROTATIONS):
         r = next((r for r in rows if (r["measure"], r["rotation"], r["curriculum"]) == (measure, rot, sched)), None)
@@ -128,11 +130,43 @@ def plot(task: str, rows: list[dict], path: str) -> str:
     ax.set_xticks(range(len(ROTATIONS)), ROTATIONS)
     ax.set_title(measure.replace("/", "\n"), fontsize=9)
     ax.set_ylim(0, 1.05)
-  np.atleast_1d(axes)[0].set_ylabel("accuracy")
-  np.atleast_1d(axes)[0].legend(fontsize=7, loc="lower left")
+  for ax in axes[:, 0]:
+    ax.set_ylabel("accuracy")
+  axes[0, 0].legend(fontsize=7, loc="center left")
   fig.suptitle(f"Russin et al. 2024, {task} task: blocked vs interleaved (n={rows[0]['n']} seeds)", fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def plot_curves(task: str, run_sets: list[dict], path: str) -> str:
+  """Finetuning curves, mean over seeds: study block A / B and test accuracy against the step, blocked (solid)
+  vs interleaved (dashed), per condition x rotation: catastrophic forgetting of block A shows here."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(len(CONDITIONS), len(ROTATIONS), figsize=(9, 6), sharex=True, sharey=True)
+  for (i, cond), (j, rot) in itertools.product(enumerate(CONDITIONS), enumerate(ROTATIONS)):
+    ax = axes[i, j]
+    for sched, style in zip(SCHEDULES, ("-", "--")):
+      tables = [results.read(runs[f"ft_{cond}_{rot}_{sched}"][1]) for runs in run_sets]
+      for metric, colour in (("accuracy_study_A", "tab:blue"), ("accuracy_study_B", "tab:orange"),
+                             ("accuracy_test", "tab:gray")):
+        steps, _ = results.series(tables[0], "heldout/finetuned", metric)
+        mean = np.mean([results.series(t, "heldout/finetuned", metric)[1] for t in tables], axis=0)
+        ax.plot(steps, mean, style, color=colour, label=f"{metric.replace('accuracy_', '')} ({sched})")
+    ax.set_title(f"{cond} · {rot}", fontsize=9)
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+  for ax in axes[-1]:
+    ax.set_xlabel("finetuning step")
+  for ax in axes[:, 0]:
+    ax.set_ylabel("accuracy")
+  axes[0, 0].legend(fontsize=7)
+  fig.suptitle(f"{task}: finetuning (IWL) curves, mean over {len(run_sets)} seeds", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
   plt.close(fig)
   return path
 
@@ -149,21 +183,23 @@ def main(argv=None) -> list[dict]:
   seeds = [int(s) for s in args.seeds.split(",")]
   from iclscale import train  # pylint: disable=g-import-not-at-top
   train.enable_compilation_cache()
-  per_seed = []
+  run_sets = []
   for seed in seeds:
     runs = run_configs(args.task, args.scale, seed, workdir)
     if not args.table_only:
       for name, (config, wd) in runs.items():
         logging.info("seed %d: %s", seed, name)
         train.run(config, wd)
-    per_seed.append(seed_measures(runs))
+    run_sets.append(runs)
+  per_seed = [seed_measures(runs) for runs in run_sets]
   rows = table(args.task, per_seed)
   base = os.path.join(workdir, f"russin_{args.task}")
   results.write_dicts(base + ".csv", rows, FIELDS)
   with open(base + ".md", "w") as f:
     f.write(markdown(rows) + "\n")
   print(markdown(rows))
-  print(f"table: {base}.csv, {base}.md; figure: {plot(args.task, rows, base + '.png')}")
+  print(f"table: {base}.csv, {base}.md; figures: {plot(args.task, rows, base + '.png')}, "
+        f"{plot_curves(args.task, run_sets, base + '_curves.png')}")
   return rows
 
 
