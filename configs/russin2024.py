@@ -28,9 +28,9 @@ SCALES = {
     ("category", "full"): dict(layers=4, heads=8, width=64, ffn=128, steps=60_000, batch=256, lr=1e-4,
                                episodes=12_000, eval_every=1000, block_steps=1000, ft_batch=32, ft_lr=1e-5,
                                test=10, dims=200),
-    ("category", "cpu"): dict(layers=4, heads=8, width=64, ffn=128, steps=6_000, batch=32, lr=3e-4,
-                              episodes=12_000, eval_every=1000, block_steps=250, ft_batch=32, ft_lr=1e-5,
-                              test=20, dims=200),
+    ("category", "cpu"): dict(layers=2, heads=8, width=64, ffn=128, steps=3_000, batch=32, lr=1e-3,
+                              episodes=12_000, eval_every=1000, block_steps=100, ft_batch=4, ft_lr=3e-4,
+                              test=20, copies=10, dims=200),
     ("category", "tiny"): dict(layers=1, heads=2, width=16, ffn=32, steps=20, batch=8, lr=1e-3,
                                episodes=64, eval_every=10, block_steps=5, ft_batch=4, ft_lr=1e-3, test=4, dims=12),
 }
