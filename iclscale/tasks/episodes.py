@@ -20,6 +20,7 @@ Modes:
 """
 from __future__ import annotations
 
+import abc
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -99,7 +100,7 @@ def sequences(ctx_xTc, items_xI, answers_xN) -> dict:
               answer_mask=jnp.ones(lead + (n,), bool))
 
 
-class EpisodicTask:
+class EpisodicTask(abc.ABC):
   """The task protocol of tasks/__init__.py over episodes; subclasses give curricula, words, answer_len,
   num_episodes and episode(key, curriculum, rotated, rng)."""
   curricula: tuple[str, ...]
@@ -131,9 +132,10 @@ class EpisodicTask:
                          phase_count=jnp.asarray(np.stack([m.sum(1) for m in phases])))
       self.dataset_size = FINETUNE_INDICES
 
+  @abc.abstractmethod
   def episode(self, key: int, curriculum: str, rotated: bool, rng: np.random.Generator,
               layout_rng: np.random.Generator) -> Episode:
-    raise NotImplementedError
+    """The episode of `key`: content drawn from rng, the curriculum's order from layout_rng."""
 
   def episodes(self, keys, curriculum: str, rotated: bool) -> dict[str, np.ndarray]:
     tags = (self.curricula.index(curriculum), int(rotated))
