@@ -130,7 +130,7 @@ class EpisodeAccuracy:
     self.name = name
     sets = task.eval_sets(cfg.sets, 0)
     self.set_names = list(sets)
-    per_copy = sets[self.set_names[0]]["tokens"].ndim == 3
+    per_copy = cfg.sets == "episodes"   # [E, Q] rows, one slice per model copy
 
     def pad(x, fill):
       n = -(-x.shape[0] // cfg.batch_size) * cfg.batch_size

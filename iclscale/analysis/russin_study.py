@@ -64,7 +64,7 @@ def run_configs(task: str, scale: str, seed: int, workdir: str) -> dict[str, tup
 
 def last(rows: list[dict], evaluator: str, metric: str, first: bool = False) -> float:
   """The value at the run's last (or first) evaluated step."""
-  steps, values = results.series(rows, evaluator, metric)
+  _, values = results.series(rows, evaluator, metric)
   if not len(values):
     raise ValueError(f"no {evaluator}/{metric} in the results table")
   return float(values[0] if first else values[-1])
