@@ -55,7 +55,7 @@ def test_irrelevant_context_redraws_matches_and_relevant_fills_all():
 
 
 def test_fixed_num_relevant_and_no_negative_overwrite():
-  """Upstream caveat #5: with r=1 < natural matches, the count must not exceed max(r, natural matches)."""
+  """With r=1 < natural matches, the count must not exceed max(r, natural matches) (the upstream slice quirk)."""
   task = make_task(context_len=8, num_high=1, num_low=1, p_high=0.5, num_relevant=1)
   b = draw(task, stylized.cell(0.9, num_relevant=1))
   matches = (b["ctx_labels"] == b["target"][:, None]).sum(1)
@@ -119,6 +119,46 @@ def test_eval_grid_is_independent_of_training_sequences():
   # Upstream reused RandomState(i) for eval sequence i, so eval-default-none equalled training sequence i.
   assert not np.isclose(np.asarray(sets["ibd/default/all"]["x"])[:, None],
                         np.asarray(train["x"])[None]).all(axis=(-1, -2)).any()
+
+
+def test_upstream_overwrite_follows_the_negative_slice_bound():
+  """relevance_overwrite='upstream': m natural matches > r overwrite max(0, (L-m) + (r-m)) more slots. With L=8,
+  r=1 and 2 equiprobable classes, m ~ Binomial(8, 1/2) ends with 1 (m<=1), 7 (m=2), 6 (m=3), 5 (m=4) or m matches."""
+  task = make_task(context_len=8, num_high=1, num_low=1, p_high=0.5, num_relevant=1, relevance_overwrite="upstream")
+  b = draw(task, stylized.cell(0.9, num_relevant=1))
+  freq = np.bincount((b["ctx_labels"] == b["target"][:, None]).sum(1), minlength=9) / N
+  expected = np.array([0, 1 + 8, 0, 0, 0, 70 + 56, 56 + 28, 28 + 8, 1]) / 256
+  np.testing.assert_allclose(freq, expected, atol=0.012)
+
+
+def test_upstream_eval_sampling_repeats_training_sequences():
+  n = 64
+  task = make_task(dataset_size=2**14, eval_sampling="upstream")
+  idx = np.asarray(task.eval_indices(n))
+  assert idx.max() < 5 * n and len(np.unique(idx)) < n   # with replacement from [0, 5n), as upstream
+  sets = task.eval_sets("grid", n)
+  train = jax.tree.map(np.asarray, jax.jit(task.batch)(task.arrays, jnp.asarray(idx)))
+  ibd, oobd = sets["ibd/default/all"], sets["oobd/default/all"]
+  np.testing.assert_allclose(ibd["x"], train["x"], rtol=1e-6, atol=1e-6)   # the training sequences themselves
+  np.testing.assert_array_equal(ibd["ctx_labels"], train["ctx_labels"])
+  np.testing.assert_array_equal(ibd["target"], train["target"])
+  np.testing.assert_array_equal(oobd["target"], np.asarray(stylized.flip_labels(train["target"], 5, 5)))
+
+
+def test_eval_target_noise_option():
+  clean = make_task(label_noise=0.5).eval_sets("grid", 2000)["ibd/default/all"]
+  noisy = make_task(label_noise=0.5, eval_target_noise=True).eval_sets("grid", 2000)["ibd/default/all"]
+  moved = np.asarray(noisy["target"] != clean["target"])
+  assert abs(moved.mean() - 0.5) < 0.05
+  np.testing.assert_array_equal(np.asarray(noisy["ctx_labels"]), np.asarray(clean["ctx_labels"]))
+
+
+@pytest.mark.parametrize("field,value", [("relevance_overwrite", "negative"), ("eval_sampling", "train"),
+                                         ("eval_target_noise", 1)])
+def test_invalid_upstream_switches_rejected(field, value):
+  from iclscale.config import ConfigError
+  with pytest.raises(ConfigError, match=f"task.{field}"):
+    tasks.resolve(ml_collections.ConfigDict(dict(stylized.DEFAULTS, **{field: value})))
 
 
 @pytest.mark.parametrize("field,value", [("p_high", 1.0), ("p_relevant", 1.5), ("label_noise", -0.1)])

@@ -1,7 +1,7 @@
 """The dataset-size study of Chan et al. 2024 (their Fig. 2 grid): error vs N for IBD/OOBD x relevant/irrelevant
 context x C_H/C_L, over seeds, run locally one after another and aggregated into one table and one figure.
 
-  python -m iclscale.analysis.nsweep --workdir runs/nsweep                  # quick: N=2^6..2^14, 2 seeds
+  python -m iclscale.analysis.nsweep --workdir runs/nsweep                  # quick: N=2^6..2^14, 5 seeds
   python -m iclscale.analysis.nsweep --workdir runs/nsweep --scale full     # paper: 2^6..2^20, 5 seeds, 50K steps
   python -m iclscale.analysis.nsweep --workdir runs/nsweep --baselines      # + IW (p=0) / IC (p=1) predictors
   python -m iclscale.analysis.nsweep --workdir runs/nsweep --seeds 0,1,2,3,4 --shard 0/2   # and --shard 1/2 at once
@@ -28,7 +28,7 @@ from iclscale import results
 
 SCALES = {  # steps per run, log2 N values, seeds
     "tiny": dict(steps=200, log2_sizes=(6, 10), seeds=(0,)),
-    "quick": dict(steps=50_000, log2_sizes=(6, 8, 10, 12, 14), seeds=(0, 1)),
+    "quick": dict(steps=50_000, log2_sizes=(6, 8, 10, 12, 14), seeds=(0, 1, 2, 3, 4)),
     "full": dict(steps=50_000, log2_sizes=(6, 8, 10, 12, 14, 16, 18, 20), seeds=(0, 1, 2, 3, 4)),
 }
 CELLS = [("oobd", "relevant", "C_H"), ("oobd", "relevant", "C_L"), ("oobd", "irrelevant", "C_H"),

@@ -1,13 +1,22 @@
 """The stylized ICL/IWL distribution of Chan et al. 2024 (`iclr_2025` semantics), as a pure function of (seed, index).
 
-Facts (paper §2 of the reference): K = |C_H| + |C_L| classes with unit-norm Gaussian prototypes; the query class
-is drawn from w (p_high spread over C_H, the rest over C_L); the L context labels are iid from w; r ~ Binomial(L,
-p_relevant) slots hold the query class (existing matches count; we clamp the upstream negative replacement count
-at 0, caveat #5); with r = 0 every slot equal to the query class is re-drawn once; inputs are prototype + σ·noise;
-OOBD shifts every label cyclically inside its frequency group; label noise moves a label to (y+1) mod K.
+Facts (Chan et al. 2024 §2, and their code: chanb/simple_icl, branch iclr_2025, src/datasets/synthetic.py):
+K = |C_H| + |C_L| classes with unit-norm Gaussian prototypes; the query class is drawn from w (p_high spread over
+C_H, the rest over C_L); the L context labels are iid from w; r ~ Binomial(L, p_relevant) slots hold the query
+class (existing matches count); with r = 0 every slot equal to the query class is re-drawn once; inputs are
+prototype + σ·noise; OOBD shifts every label cyclically inside its frequency group; label noise moves a label to
+(y+1) mod K.
 
-Unlike upstream (caveat #1), each evaluation set has its own random stream, so it never repeats training sequences.
-Evaluation targets are noise-free, so error measures the predictor rather than the label-noise floor.
+Two upstream behaviours are options rather than defaults (the README lists every difference):
+- relevance_overwrite: when more slots match by chance than r, upstream's replacement count r - matches is
+  negative and, used as a slice bound, overwrites all but that many non-matching slots (L >= 4 only); we clamp
+  the count at 0 unless relevance_overwrite='upstream'.
+- eval_sampling: upstream builds sequence i from a generator seeded by i alone and evaluates on indices drawn
+  from [0, 5 x num_examples), so evaluation sequences repeat training ones (all of them once N >= 5000). By
+  default each evaluation set has its own random stream; eval_sampling='upstream' draws the evaluation sets from
+  the training stream at such indices instead.
+Evaluation targets are noise-free by default, so error measures the predictor rather than the label-noise floor
+(eval_target_noise=True applies label noise to them as upstream does).
 """
 from __future__ import annotations
 
@@ -33,6 +42,9 @@ DEFAULTS = dict(
     context_len=1,       # L: context pairs before the query
     dim=64,              # d: input dimension (equals the model width with the identity input encoder)
     dataset_size=1024,   # N distinct training sequences, sampled uniformly with replacement; 0 = infinite
+    relevance_overwrite="clamp",  # matches > r: clamp the overwrite count at 0 | upstream (its negative slice)
+    eval_sampling="fresh",        # fresh: own stream per eval set | upstream: training stream, indices < 5 x size
+    eval_target_noise=False,      # apply label noise to evaluation targets too (upstream does)
 )
 
 
@@ -45,6 +57,7 @@ class Spec:
   input_noise: float
   label_noise: float
   context_len: int
+  upstream_overwrite: bool = False   # relevance_overwrite == "upstream"
 
   @property
   def num_classes(self) -> int:
@@ -84,6 +97,10 @@ def validate(cfg) -> None:
                    f"must be -1 (Binomial) or in [0, context_len={cfg.context_len}], got {cfg.num_relevant}")
   config_lib.check(cfg.dataset_size == 0 or cfg.dataset_size >= cfg.num_high + cfg.num_low, "task.dataset_size",
                    f"must be 0 (infinite) or at least the number of classes, got {cfg.dataset_size}")
+  config_lib.check_one_of(cfg, "relevance_overwrite", w, ("clamp", "upstream"))
+  config_lib.check_one_of(cfg, "eval_sampling", w, ("fresh", "upstream"))
+  config_lib.check(isinstance(cfg.eval_target_noise, bool), "task.eval_target_noise",
+                   f"must be true or false, got {cfg.eval_target_noise!r}")
 
 
 def input_shape(cfg) -> tuple[int, ...]:
@@ -114,7 +131,10 @@ def sample_sequence(key: jax.Array, mu_KxD: jax.Array, spec: Spec, c: dict) -> d
   r = jnp.where(c["num_relevant"] >= 0, c["num_relevant"],
                 jnp.sum(jax.random.uniform(k_rel, (L,)) < c["p_relevant"]))
   match_L = ctx_L == y_q
-  need = jnp.maximum(r - jnp.sum(match_L), 0)
+  need = r - jnp.sum(match_L)
+  if spec.upstream_overwrite:  # a negative count n as a slice bound keeps all but |n| of the L - matches slots
+    need = jnp.where(need >= 0, need, L - jnp.sum(match_L) + need)
+  need = jnp.maximum(need, 0)
   # Overwrite `need` non-matching slots chosen uniformly at random: rank random scores, matches ranked last.
   score_L = jnp.where(match_L, jnp.inf, jax.random.uniform(k_pick, (L,)))
   rank_L = jnp.argsort(jnp.argsort(score_L))
@@ -153,7 +173,8 @@ class StylizedTask:
   def __init__(self, cfg: ml_collections.ConfigDict, seed: int):
     self.cfg = cfg
     self.seed = seed
-    self.spec = Spec(cfg.num_high, cfg.num_low, cfg.p_high, cfg.input_noise, cfg.label_noise, cfg.context_len)
+    self.spec = Spec(cfg.num_high, cfg.num_low, cfg.p_high, cfg.input_noise, cfg.label_noise, cfg.context_len,
+                     cfg.relevance_overwrite == "upstream")
     self.num_classes = self.spec.num_classes
     self.dataset_size = cfg.dataset_size or None
     # Prototypes depend on the seed only, so training and every evaluation set share them.
@@ -170,16 +191,29 @@ class StylizedTask:
     p, r = self.cfg.p_relevant, self.cfg.num_relevant
     if relevance != "default":  # the baselines override r: every slot relevant, or none
       p, r = (1.0 if relevance == "relevant" else 0.0), -1
-    return cell(p, r, GRID_GROUPS[group], GRID_FLIPS[flip], noisy_target=False)
+    return cell(p, r, GRID_GROUPS[group], GRID_FLIPS[flip], noisy_target=self.cfg.eval_target_noise)
+
+  def eval_indices(self, num_examples: int) -> jax.Array:
+    """Sequence indices of every evaluation set: 0..n-1 of its own stream, or (eval_sampling='upstream') n draws
+    with replacement from [0, 5n) of the training stream, the same draws for every set as upstream's
+    experiments/evaluation.py (dataset_size = 5 x num_eval_samples, one index stream per seed)."""
+    if self.cfg.eval_sampling == "fresh":
+      return jnp.arange(num_examples, dtype=jnp.uint32)
+    return jax.random.randint(stream_key(self.seed, "eval/indices"), (num_examples,), 0, 5 * num_examples
+                              ).astype(jnp.uint32)
 
   def eval_sets(self, kind: str, num_examples: int) -> dict[str, dict[str, jax.Array]]:
-    """The 18 IBD/OOBD grid sets, each from its own stream (never the training one), built in one compiled call."""
+    """The 18 IBD/OOBD grid sets, built in one compiled call; each from its own stream (never the training one)
+    unless eval_sampling='upstream'."""
     if kind != "grid":
       raise ValueError(f"stylized task has no eval set kind {kind!r} (known: grid)")
     names = [f"{f}/{r}/{g}" for f in GRID_FLIPS for r in GRID_RELEVANCE for g in GRID_GROUPS]
     cells = jax.tree.map(lambda *xs: jnp.stack(xs), *[self.grid_cell(*n.split("/")) for n in names])
-    keys = jnp.stack([jax.random.key_data(stream_key(self.seed, "eval/" + n)) for n in names])
-    indices = jnp.arange(num_examples, dtype=jnp.uint32)
+    if self.cfg.eval_sampling == "fresh":
+      keys = jnp.stack([jax.random.key_data(stream_key(self.seed, "eval/" + n)) for n in names])
+    else:
+      keys = jnp.stack([self.arrays["train_key"]] * len(names))
+    indices = self.eval_indices(num_examples)
     build = jax.vmap(lambda k, c, mu: sample_batch(jax.random.wrap_key_data(k), mu, indices, self.spec, c),
                      (0, 0, None))
     stacked = jax.jit(build)(keys, cells, self.arrays["prototypes"])
