@@ -312,8 +312,9 @@ class BurstyTask:
                        holdout_w=holdout_w, holdout_cdf=np.cumsum(holdout_w, dtype=np.float32),
                        train_key=jax.random.key_data(stream_key(seed, "train")))
 
-  def batch(self, arrays: dict, indices_B: jax.Array) -> dict[str, jax.Array]:
-    """Training sequences `indices_B`: a pure function of (seed, index), run on the device."""
+  def batch(self, arrays: dict, indices_B: jax.Array, step: jax.Array) -> dict[str, jax.Array]:
+    """Training sequences `indices_B`: a pure function of (seed, index), run on the device (any step)."""
+    del step
     key = jax.random.wrap_key_data(arrays["train_key"])
     return sample_batch(key, arrays, indices_B, self.spec, cell(self.cfg.p_bursty, self.cfg.bursty_shots))
 

@@ -160,8 +160,9 @@ class StylizedTask:
     self.arrays = dict(prototypes=prototypes(stream_key(seed, "prototypes"), self.num_classes, cfg.dim),
                        train_key=jax.random.key_data(stream_key(seed, "train")))
 
-  def batch(self, arrays: dict, indices_B: jax.Array) -> dict[str, jax.Array]:
-    """Training sequences `indices_B`: a pure function of (seed, index), run on the device."""
+  def batch(self, arrays: dict, indices_B: jax.Array, step: jax.Array) -> dict[str, jax.Array]:
+    """Training sequences `indices_B`: a pure function of (seed, index), run on the device (any step)."""
+    del step
     key = jax.random.wrap_key_data(arrays["train_key"])
     return sample_batch(key, arrays["prototypes"], indices_B, self.spec,
                         cell(self.cfg.p_relevant, self.cfg.num_relevant))
