@@ -28,6 +28,8 @@ def fail(msg: str, code: int = EXIT_BAD_INPUT):
 
 def flag_error(e: BaseException, argv: list[str]) -> str:
   """One line for an exception raised while loading the config file or applying --config.* overrides."""
+  while "Error whilst parsing config file" in str(e) and (e.__cause__ or e.__context__):
+    e = e.__cause__ or e.__context__  # ml_collections wraps what get_config raised (with a traceback as text)
   lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
   if isinstance(e, (AttributeError, KeyError)):  # ml_collections: an override names a field the config lacks
     text = str(e)
@@ -100,8 +102,9 @@ def main(argv):
     fail(e, EXIT_FAILED)
   except OSError as e:  # unreadable input data, an unwritable workdir, a full disk
     if e.errno == errno.ENOSPC:
-      fail(f"no space left on the device while writing {workdir} ({e.filename or e}); free space, then re-run "
-           "the same command to resume from the last complete checkpoint", EXIT_FAILED)
+      print(f"error: no space left on the device while writing {e.filename or workdir}; free space, then re-run "
+            "the same command to resume from the last complete checkpoint", file=sys.stderr, flush=True)
+      os._exit(EXIT_FAILED)  # pylint: disable=protected-access  # Orbax's writer threads cannot finish: skip them
     fail(f"{e.strerror or e}: {e.filename}" if e.filename else e)
   print(f"Run stopped at step {out['step']}. Outputs in {os.path.abspath(workdir)}: "
         f"{', '.join(out['outputs'])}  (view: tensorboard --logdir {workdir})")

@@ -11,6 +11,7 @@ arrays do not fit this config's state (another model or optimizer) is never move
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -115,7 +116,8 @@ class Checkpointer:
     args = dict(state=ocp.args.StandardSave(state), digest=ocp.args.JsonSave(digest(state)))
     if data_iter is not None:
       args["data"] = grain.checkpoint.CheckpointSave(data_iter)
-    return self.mngr.save(step, args=ocp.args.Composite(**args), force=True)
+    with _disk_full_as_oserror(self.dir):  # also reports a failure of the previous background save
+      return self.mngr.save(step, args=ocp.args.Composite(**args), force=True)
 
   def _check_fits(self, step: int, target: Any) -> None:
     """Raises IncompatibleCheckpoint if the stored arrays (names, shapes) are not those of `target`."""
@@ -171,11 +173,33 @@ class Checkpointer:
     return None
 
   def wait(self) -> None:
-    self.mngr.wait_until_finished()
+    with _disk_full_as_oserror(self.dir):
+      self.mngr.wait_until_finished()
 
   def close(self) -> None:
-    self.mngr.wait_until_finished()
-    self.mngr.close()
+    with _disk_full_as_oserror(self.dir):
+      try:
+        self.mngr.wait_until_finished()
+      finally:
+        self.mngr.close()
+
+
+class _disk_full_as_oserror:  # pylint: disable=invalid-name
+  """Orbax reports a full disk as ValueError('RESOURCE_EXHAUSTED ... [os_error_code='28']'): raise the OSError
+  (ENOSPC) it is, so the caller says it in one line. The unfinished save stays a *.orbax-checkpoint-tmp
+  directory, which Orbax never restores: the previous checkpoints remain the run's latest."""
+
+  def __init__(self, where: str):
+    self.where = where
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, kind, e, tb):
+    if e is not None and not isinstance(e, OSError) and (
+        "os_error_code='28'" in str(e) or "No space left on device" in str(e)):
+      raise OSError(errno.ENOSPC, "No space left on device", self.where) from None
+    return False
 
 
 def check_writable(workdir: str) -> None:
@@ -183,6 +207,11 @@ def check_writable(workdir: str) -> None:
   root = epath.Path(workdir)
   if root.exists() and not root.is_dir():
     raise config_lib.ConfigError(f"workdir {workdir} is a file, not a directory; use another --workdir")
+  created = []  # directories made for the probe are removed again: a run that does not start leaves nothing
+  node = root
+  while not node.exists() and node != node.parent:
+    created.append(node)
+    node = node.parent
   probe = root / f".write_test.{jax.process_index()}"
   try:
     root.mkdir(parents=True, exist_ok=True)
@@ -191,6 +220,10 @@ def check_writable(workdir: str) -> None:
   except OSError as e:
     raise config_lib.ConfigError(f"workdir {workdir} cannot be written ({e.strerror or e}); "
                                  "use another --workdir") from None
+  finally:
+    for d in created:
+      if d.exists():
+        d.rmdir()
 
 
 def guard_workdir(workdir: str, cfg) -> bool:
@@ -207,10 +240,11 @@ def guard_workdir(workdir: str, cfg) -> bool:
   existed = _check_identity(workdir, path, mine)
   if jax.process_index() == 0:
     if not existed:
+      path.parent.mkdir(parents=True, exist_ok=True)
       path.write_text(json.dumps(mine, indent=1, sort_keys=True, default=str))
     history = epath.Path(workdir) / "history.jsonl"
     flat = config_lib.flatten(cfg)
-    line = json.dumps(dict(start=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    line = json.dumps(dict(start=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                            **{k: flat[k] for k in config_lib.RESUMABLE_FIELDS if k in flat}), default=str)
     previous = history.read_text() if history.exists() else ""
     history.write_text(previous + line + "\n")
