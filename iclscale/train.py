@@ -65,7 +65,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config_lib.check_positive(out.data, "prefetch", "data")
   out.mesh = config_lib.with_defaults(config.mesh, mesh_lib.DEFAULTS, "mesh")
   out.checkpoint = config_lib.with_defaults(config.checkpoint, ckpt_lib.DEFAULTS, "checkpoint")
-  config_lib.check_positive(out.checkpoint, "keep", "checkpoint")
+  ckpt_lib.validate(out.checkpoint)
   k = tr.steps_per_dispatch
   for name, v in (("train.num_steps", tr.num_steps), ("train.log_every", tr.log_every),
                   ("eval_every", config.eval_every), ("checkpoint.every", out.checkpoint.every)):
@@ -218,17 +218,18 @@ class Outputs:
   compilation overlap with training instead of delaying it.
   """
 
-  def __init__(self, cfg, config, workdir, task, model, mesh, resume_step, fresh, lr_fn):
+  def __init__(self, cfg, workdir, task, model, mesh, resume_step, fresh, lr_fn):
     from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
     self.results = ResultsTable(workdir, resume_step)
     self.writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     if fresh:
       self.writer.write_hparams({n: (v if isinstance(v, (int, float, str, bool)) else str(v))
-                                 for n, v in config_lib.flatten(config).items()})
+                                 for n, v in config_lib.flatten(cfg).items()})
     self.report = periodic_actions.ReportProgress(num_train_steps=cfg.train.num_steps, writer=self.writer,
                                                   every_secs=cfg.report_every_secs)
     self.evaluators = evaluators.build(cfg.evals, task, model.apply, mesh)
     self.lr_fn = lr_fn
+    self.lr = cfg.optim.lr
     self.last_train: dict[str, float] = {}
     self.last_evals: dict = {}
 
@@ -239,8 +240,11 @@ class Outputs:
     out = {f"train/{m}": float(sums[m] / sums["count"]) for m in METRICS}
     out["train/lr"] = float(self.lr_fn(step))
     if not np.isfinite(out["train/loss"]):
-      raise FloatingPointError(f"training loss is {out['train/loss']} at step {step}; stopped. "
-                               "Lower optim.lr or set optim.grad_clip, then re-run to resume from the last checkpoint.")
+      raise FloatingPointError(
+          f"training loss is {out['train/loss']} at step {step}; stopped. Re-run the same command with a lower "
+          f"learning rate or with clipping (e.g. --config.optim.lr={self.lr / 3:.3g} or "
+          "--config.optim.grad_clip=1.0) to resume from the last checkpoint; the change is recorded in "
+          "history.jsonl")
     self.writer.write_scalars(step, out)
     self.last_train = out
 
@@ -262,12 +266,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
   """Trains (or resumes) the run `config` in `workdir`; returns the last train and eval metrics."""
   start_time = start_time or time.time()
   cfg = resolve(config)  # every ConfigError is raised here, before anything is built or compiled
-  fresh = not ckpt_lib.guard_workdir(workdir, config)
+  ckpt_lib.check_writable(workdir)
   mesh = mesh_lib.make_mesh(cfg.mesh)
   tr, k = cfg.train, cfg.train.steps_per_dispatch
   outputs = None
   with jax.set_mesh(mesh):
-    task = tasks.build(cfg.task, cfg.seed)
+    task = tasks.build(cfg.task, cfg.seed)  # reads its data first: a missing data set leaves no run record behind
+    fresh = not ckpt_lib.guard_workdir(workdir, cfg)
     task.arrays = jax.tree.map(lambda x: jax.device_put(x, mesh_lib.replicated(mesh)), task.arrays)
     model = models.build(cfg.model, task, tasks.num_copies(cfg.task))
     state, tx, lr_fn = init_state(cfg, task, model, mesh)
@@ -279,6 +284,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
     idx_sharding = jax.sharding.NamedSharding(mesh, mesh_lib.batch_spec(2, batch_dim=1))
 
     checkpointer = ckpt_lib.Checkpointer(workdir, cfg.checkpoint, tr.num_steps, k)
+    latest = checkpointer.latest_step()
+    if latest is not None and latest > tr.num_steps:  # a run is extended, never shortened: keep its checkpoints
+      checkpointer.close()
+      raise config_lib.ConfigError(
+          f"train.num_steps: {workdir} holds a run already at step {latest}, past train.num_steps={tr.num_steps}; "
+          f"re-run with --config.train.num_steps={latest} or more (its checkpoints are kept), or use another --workdir")
     restored = None if fresh else checkpointer.restore(state, data_iter)
     start_step = step = 0
     if restored is not None:
@@ -288,7 +299,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
     preemption = Preemption()
     try:
       if tr.eval_at_start and restored is None and cfg.evals:
-        outputs = Outputs(cfg, config, workdir, task, model, mesh, -1, True, lr_fn)
+        outputs = Outputs(cfg, workdir, task, model, mesh, -1, True, lr_fn)
         outputs.evaluate(0, state["params"])
       while step < tr.num_steps:
         if preemption.due(step):
@@ -302,7 +313,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
         if step == start_step + k:
           logging.info("First training step dispatched %.1f s after start.", time.time() - start_time)
         if outputs is None:
-          outputs = Outputs(cfg, config, workdir, task, model, mesh, start_step if restored else -1,
+          outputs = Outputs(cfg, workdir, task, model, mesh, start_step if restored else -1,
                             restored is None, lr_fn)
         outputs.report(step)
         do_eval = bool(outputs.evaluators) and ckpt_lib.itstime(step, cfg.eval_every, tr.num_steps,
@@ -316,6 +327,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
           outputs.evaluate(step, state["params"])
         if do_save:
           checkpointer.save(step, state, data_iter)
+      if outputs is None and step >= tr.num_steps and cfg.plot and cfg.evals:
+        # A completed run re-run (e.g. killed before its figures): rebuild the evaluators to rewrite them.
+        outputs = Outputs(cfg, workdir, task, model, mesh, step, False, lr_fn)
     finally:
       preemption.close()
       checkpointer.close()
@@ -328,4 +342,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
       figure = ev.finalize(workdir)
       if figure:
         logging.info("%s figure: %s", ev.name, figure)
-  return dict(step=step, train=outputs.last_train if outputs else {}, evals=outputs.last_evals if outputs else {})
+  return dict(step=step, train=outputs.last_train if outputs else {}, evals=outputs.last_evals if outputs else {},
+              outputs=written_outputs(workdir))
+
+
+def written_outputs(workdir: str) -> list[str]:
+  """What the workdir holds (names for the user), so the closing message claims only files that exist."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  names = sorted(p.name for p in epath.Path(workdir).iterdir()) if epath.Path(workdir).exists() else []
+  out = ["TensorBoard events"] if any(n.startswith("events.out.tfevents") for n in names) else []
+  out += [n + "/" if n == "checkpoints" else n for n in names
+          if n == "checkpoints" or n == "results.csv" or n.endswith(".png")]
+  return out
