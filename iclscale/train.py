@@ -281,7 +281,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
     if cfg.data.pipeline == "grain":
       data_iter = pipeline.make_iterator(cfg.seed, task.dataset_size, tr.batch_size, k, tr.num_steps,
                                          mesh_lib.host_rows(tr.batch_size, mesh), cfg.data.prefetch)
-    idx_sharding = jax.sharding.NamedSharding(mesh, mesh_lib.batch_spec(2, batch_dim=1))
+    idx_shape = (k,) + pipeline.index_shape(task.dataset_size, tr.batch_size)  # [K, B] or [K, B, 2]
+    idx_sharding = jax.sharding.NamedSharding(mesh, mesh_lib.batch_spec(len(idx_shape), batch_dim=1))
 
     checkpointer = ckpt_lib.Checkpointer(workdir, cfg.checkpoint, tr.num_steps, k)
     latest = checkpointer.latest_step()
@@ -307,7 +308,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
           checkpointer.wait()
           logging.warning("Preempted: saved step %d in %s; re-run the same command to resume.", step, workdir)
           break
-        idx = None if data_iter is None else mesh_lib.to_global(next(data_iter), idx_sharding, (k, tr.batch_size))
+        idx = None if data_iter is None else mesh_lib.to_global(next(data_iter), idx_sharding, idx_shape)
         state = train_chunk(state, task.arrays, idx)
         step += k
         if step == start_step + k:
