@@ -5,7 +5,7 @@
   python main.py --config=configs/russin2024.py:category,rotated      # category task, 45°-rotated boundary
   python main.py --config=configs/russin2024.py:grid,finetune --config.model.init_from=runs/russin2024_grid
         # IWL: finetune one copy per held-out episode from the metalearned weights ('' = IWL only, from scratch)
-  python -m iclscale.analysis.russin_study --task grid                # every condition + the results table
+  python -m iclscale.studies.russin_study --task grid                # every condition + the results table
 
 The arg is a comma list: the task (grid | category), then any of: a scale (tiny | cpu | full; default cpu),
 `rotated`, `finetune`. The few-shot evaluator reports test-item accuracy on held-out episodes under every

@@ -17,6 +17,7 @@ from configs import gemma_finetune
 from conftest import override
 from iclscale import losses, mesh as mesh_lib, models, optim, results, tasks, tokenizer, train
 from iclscale.evaluators import fact_probes
+from iclscale.models import gemma3_lm
 from iclscale.tasks import facts
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from iclscale import losses, tokenizer
-from iclscale.analysis import russin_llm
+from iclscale.studies import russin_llm
 from iclscale.tasks import facts
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

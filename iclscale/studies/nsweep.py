@@ -1,9 +1,9 @@
 """The dataset-size study of Chan et al. 2024 (their Fig. 2 grid): error vs N for IBD/OOBD x relevant/irrelevant
 context x C_H/C_L, over seeds, run locally one after another and aggregated into one table and one figure.
 
-  python -m iclscale.analysis.nsweep --workdir runs/nsweep                  # quick: N=2^6..2^14, 2 seeds
-  python -m iclscale.analysis.nsweep --workdir runs/nsweep --scale full     # paper: 2^6..2^20, 5 seeds, 50K steps
-  python -m iclscale.analysis.nsweep --workdir runs/nsweep --baselines      # + IW (p=0) / IC (p=1) predictors
+  python -m iclscale.studies.nsweep --workdir runs/nsweep                  # quick: N=2^6..2^14, 2 seeds
+  python -m iclscale.studies.nsweep --workdir runs/nsweep --scale full     # paper: 2^6..2^20, 5 seeds, 50K steps
+  python -m iclscale.studies.nsweep --workdir runs/nsweep --baselines      # + IW (p=0) / IC (p=1) predictors
 
 Each (p_relevant, N, seed) run lives in its own sub-workdir and is an ordinary run (resumable, skipped when done).
 Reported values are the evaluators at the last step, mean ± standard error over seeds.
