@@ -15,7 +15,7 @@ import ml_collections
 
 # Per task and scale: model (layers, heads, width, ffn), metalearning (steps, batch, lr, train episodes, eval
 # cadence), finetuning (steps per block, batch per copy, lr), held-out episodes (test) and finetuned copies.
-# full = the reference (§4-§6); cpu = the largest setting measured to finish in about an hour on a 2-core CPU
+# full = upstream's (jlrussin/icl-iwl-interplay, scripts/); cpu = the largest setting measured to finish in about an hour on a 2-core CPU
 # (README); tiny = seconds, for tests.
 SCALES = {
     ("grid", "full"): dict(layers=12, heads=8, width=64, ffn=128, steps=585_000, batch=256, lr=1e-3,

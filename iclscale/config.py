@@ -6,7 +6,7 @@ against those declarations (unknown keys, wrong types) and then against the plug
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import ml_collections
 
@@ -91,5 +91,3 @@ def run_identity(cfg: Any) -> dict[str, Any]:
   """The fields that identify a run: everything but the resumable ones."""
   return {k: v for k, v in flatten(cfg).items() if k not in RESUMABLE_FIELDS}
 
-
-Validator = Callable[[ml_collections.ConfigDict], None]
