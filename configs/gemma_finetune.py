@@ -9,15 +9,17 @@ facts_probes.png plots in-context vs in-weight answering against the fine-tuning
 """
 import ml_collections
 
+from configs import common
+
 from iclscale.models.gemma3_lm import BASE_PARAMS
 
 
+ARGS = ("full", "lora", "tiny")   # the arguments get_config accepts (configs/X.py:<arg>)
+
 def get_config(arg: str = "full") -> ml_collections.ConfigDict:
-  variant = arg or "full"
-  assert variant in ("tiny", "full", "lora"), f"unknown variant {variant!r}: use full, lora or tiny"
+  variant = common.pick_scale(arg, ARGS, "full")
   tiny = variant == "tiny"
-  c = ml_collections.ConfigDict()
-  c.seed = 0                            # seeds the name -> city assignment, the sampler and LoRA's init
+  c = common.base()                     # seed, data, mesh, checkpoint and report blocks
 
   c.task = ml_collections.ConfigDict()
   c.task.name = "facts"                 # iclscale/tasks/facts.py
@@ -50,25 +52,16 @@ def get_config(arg: str = "full") -> ml_collections.ConfigDict:
   c.train.log_every = 5 if tiny else 10             # train-metric cadence
   c.train.eval_at_start = True          # probe the base model (step 0)
 
-  c.data = ml_collections.ConfigDict()
-  c.data.pipeline = "grain"             # Grain yields fact indices, drawn uniformly with replacement
   c.data.prefetch = 2                   # chunks buffered ahead
 
-  c.mesh = ml_collections.ConfigDict()
   c.mesh.num_devices = 0                # all devices; parameters shard over fsdp / model when those are > 1
-  c.mesh.data = -1                      # data-parallel axis takes the devices the others leave
-  c.mesh.fsdp = 1                       # > 1 on a TPU slice: shard the 270M weights and Adam state over it
-  c.mesh.model = 1                      # > 1: tensor-parallel vocabulary / heads / ffn (gemma3 partition rules)
 
-  c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = 0                # no interval checkpoints: each is ~3.2 GB (params + Adam moments)
   c.checkpoint.keep = 1                 # keep the latest only
   c.checkpoint.per_decade = 1           # milestones (kept, and probed) at steps 5, 10, 100; the last step is saved
-  c.checkpoint.async_save = True        # save in the background
 
   c.eval_every = 10 if tiny else 25     # probe sweeps, plus step 0, the milestones and the last step
   c.evals = ml_collections.ConfigDict()
   c.evals.probes = dict(type="fact_probes", batch_size=8)   # in-weight / in-context probes, 8 sequences a pass
   c.report_every_secs = 60.0            # steps/s and ETA (CLU ReportProgress)
-  c.plot = True                         # curves.png and facts_probes.png at the end of the run
-  return c
+  return common.complete(c)

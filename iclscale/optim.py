@@ -101,11 +101,13 @@ def schedule(cfg, num_steps: int) -> optax.Schedule:
 
 def build(cfg, params: Any, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
   lr = schedule(cfg, num_steps)
-  parts = []
+  tx = optax.chain(BUILDERS[cfg.name](cfg, params, lr))
   if cfg.grad_clip > 0:
-    parts.append(optax.clip_by_global_norm(cfg.grad_clip))
-  parts.append(BUILDERS[cfg.name](cfg, params, lr))
-  tx = optax.chain(*parts)
+    # Clipping is stateless: applied before the chain but kept out of the state tree, so the optimizer state
+    # has one structure with or without it and a run may be resumed with clipping added (after a non-finite loss).
+    clip, inner = optax.clip_by_global_norm(cfg.grad_clip), tx
+    tx = optax.GradientTransformation(
+        inner.init, lambda updates, state, params=None: inner.update(clip.update(updates, None)[0], state, params))
   if cfg.frozen:
     frozen = scope_mask(params, cfg.frozen)
     labels = jax.tree.map(lambda f: "frozen" if f else "train", frozen)

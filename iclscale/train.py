@@ -66,7 +66,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config_lib.check_positive(out.data, "prefetch", "data")
   out.mesh = config_lib.with_defaults(config.mesh, mesh_lib.DEFAULTS, "mesh")
   out.checkpoint = config_lib.with_defaults(config.checkpoint, ckpt_lib.DEFAULTS, "checkpoint")
-  config_lib.check_positive(out.checkpoint, "keep", "checkpoint")
+  ckpt_lib.validate(out.checkpoint)
   k = tr.steps_per_dispatch
   for name, v in (("train.num_steps", tr.num_steps), ("train.log_every", tr.log_every),
                   ("eval_every", config.eval_every), ("checkpoint.every", out.checkpoint.every)):
@@ -185,7 +185,8 @@ def load_params(model: contracts.Model, abstract: Any) -> Any | None:
 def init_state(cfg, task: contracts.Task, model: contracts.Model, mesh):
   """Parameters initialized (or loaded: see `load_params`) directly with their shardings, the optimizer chain,
   and the train state."""
-  example = jax.eval_shape(task.batch, task.arrays, jnp.zeros((2 * model.copies,), jnp.uint32),
+  example = jax.eval_shape(task.batch, task.arrays,
+                           jnp.zeros(pipeline.index_shape(task.dataset_size, 2 * model.copies), jnp.uint32),
                            jnp.zeros((), jnp.int32))
   init_key = jax.random.fold_in(jax.random.key(cfg.seed), 0x1417)
 
@@ -223,17 +224,18 @@ class Outputs:
   compilation overlap with training instead of delaying it.
   """
 
-  def __init__(self, cfg, config, workdir, task, model, mesh, resume_step, fresh, lr_fn):
+  def __init__(self, cfg, workdir, task, model, mesh, resume_step, fresh, lr_fn):
     from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
     self.results = ResultsTable(workdir, resume_step)
     self.writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     if fresh:
       self.writer.write_hparams({n: (v if isinstance(v, (int, float, str, bool)) else str(v))
-                                 for n, v in config_lib.flatten(config).items()})
+                                 for n, v in config_lib.flatten(cfg).items()})
     self.report = periodic_actions.ReportProgress(num_train_steps=cfg.train.num_steps, writer=self.writer,
                                                   every_secs=cfg.report_every_secs)
     self.evaluators = evaluators.build(cfg.evals, task, model.apply, mesh)
     self.lr_fn = lr_fn
+    self.lr = cfg.optim.lr
     self.last_train: dict[str, float] = {}
     self.last_evals: dict = {}
 
@@ -244,8 +246,11 @@ class Outputs:
     out = {f"train/{m}": float(sums[m] / sums["count"]) for m in METRICS}
     out["train/lr"] = float(self.lr_fn(step))
     if not np.isfinite(out["train/loss"]):
-      raise FloatingPointError(f"training loss is {out['train/loss']} at step {step}; stopped. "
-                               "Lower optim.lr or set optim.grad_clip, then re-run to resume from the last checkpoint.")
+      raise FloatingPointError(
+          f"training loss is {out['train/loss']} at step {step}; stopped. Re-run the same command with a lower "
+          f"learning rate or with clipping (e.g. --config.optim.lr={self.lr / 3:.3g} or "
+          "--config.optim.grad_clip=1.0) to resume from the last checkpoint; the change is recorded in "
+          "history.jsonl")
     self.writer.write_scalars(step, out)
     self.last_train = out
 
@@ -267,12 +272,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
   """Trains (or resumes) the run `config` in `workdir`; returns the last train and eval metrics."""
   start_time = start_time or time.time()
   cfg = resolve(config)  # every ConfigError is raised here, before anything is built or compiled
-  fresh = not ckpt_lib.guard_workdir(workdir, config)
+  ckpt_lib.check_writable(workdir)
   mesh = mesh_lib.make_mesh(cfg.mesh)
   tr, k = cfg.train, cfg.train.steps_per_dispatch
   outputs = None
   with jax.set_mesh(mesh):
-    task = tasks.build(cfg.task, cfg.seed)
+    task = tasks.build(cfg.task, cfg.seed)  # reads its data first: a missing data set leaves no run record behind
+    fresh = not ckpt_lib.guard_workdir(workdir, cfg)
     task.arrays = jax.tree.map(lambda x: jax.device_put(x, mesh_lib.replicated(mesh)), task.arrays)
     model = models.build(cfg.model, task, tasks.num_copies(cfg.task))
     state, tx, lr_fn = init_state(cfg, task, model, mesh)
@@ -281,9 +287,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
     if cfg.data.pipeline == "grain":
       data_iter = pipeline.make_iterator(cfg.seed, task.dataset_size, tr.batch_size, k, tr.num_steps,
                                          mesh_lib.host_rows(tr.batch_size, mesh), cfg.data.prefetch)
-    idx_sharding = jax.sharding.NamedSharding(mesh, mesh_lib.batch_spec(2, batch_dim=1))
+    idx_shape = (k,) + pipeline.index_shape(task.dataset_size, tr.batch_size)  # [K, B] or [K, B, 2]
+    idx_sharding = jax.sharding.NamedSharding(mesh, mesh_lib.batch_spec(len(idx_shape), batch_dim=1))
 
     checkpointer = ckpt_lib.Checkpointer(workdir, cfg.checkpoint, tr.num_steps, k)
+    latest = checkpointer.latest_step()
+    if latest is not None and latest > tr.num_steps:  # a run is extended, never shortened: keep its checkpoints
+      checkpointer.close()
+      raise config_lib.ConfigError(
+          f"train.num_steps: {workdir} holds a run already at step {latest}, past train.num_steps={tr.num_steps}; "
+          f"re-run with --config.train.num_steps={latest} or more (its checkpoints are kept), or use another --workdir")
     restored = None if fresh else checkpointer.restore(state, data_iter)
     start_step = step = 0
     if restored is not None:
@@ -293,7 +306,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
     preemption = Preemption()
     try:
       if tr.eval_at_start and restored is None and cfg.evals:
-        outputs = Outputs(cfg, config, workdir, task, model, mesh, -1, True, lr_fn)
+        outputs = Outputs(cfg, workdir, task, model, mesh, -1, True, lr_fn)
         outputs.evaluate(0, state["params"])
       while step < tr.num_steps:
         if preemption.due(step):
@@ -301,13 +314,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
           checkpointer.wait()
           logging.warning("Preempted: saved step %d in %s; re-run the same command to resume.", step, workdir)
           break
-        idx = None if data_iter is None else mesh_lib.to_global(next(data_iter), idx_sharding, (k, tr.batch_size))
+        idx = None if data_iter is None else mesh_lib.to_global(next(data_iter), idx_sharding, idx_shape)
         state = train_chunk(state, task.arrays, idx)
         step += k
         if step == start_step + k:
           logging.info("First training step dispatched %.1f s after start.", time.time() - start_time)
         if outputs is None:
-          outputs = Outputs(cfg, config, workdir, task, model, mesh, start_step if restored else -1,
+          outputs = Outputs(cfg, workdir, task, model, mesh, start_step if restored else -1,
                             restored is None, lr_fn)
         outputs.report(step)
         do_eval = bool(outputs.evaluators) and ckpt_lib.itstime(step, cfg.eval_every, tr.num_steps,
@@ -321,6 +334,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
           outputs.evaluate(step, state["params"])
         if do_save:
           checkpointer.save(step, state, data_iter)
+      if outputs is None and step >= tr.num_steps and cfg.plot and cfg.evals:
+        # A completed run re-run (e.g. killed before its figures): rebuild the evaluators to rewrite them.
+        outputs = Outputs(cfg, workdir, task, model, mesh, step, False, lr_fn)
     finally:
       preemption.close()
       checkpointer.close()
@@ -333,4 +349,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
       figure = ev.finalize(workdir)
       if figure:
         logging.info("%s figure: %s", ev.name, figure)
-  return dict(step=step, train=outputs.last_train if outputs else {}, evals=outputs.last_evals if outputs else {})
+  return dict(step=step, train=outputs.last_train if outputs else {}, evals=outputs.last_evals if outputs else {},
+              outputs=written_outputs(workdir))
+
+
+def written_outputs(workdir: str) -> list[str]:
+  """What the workdir holds (names for the user), so the closing message claims only files that exist."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  names = sorted(p.name for p in epath.Path(workdir).iterdir()) if epath.Path(workdir).exists() else []
+  out = ["TensorBoard events"] if any(n.startswith("events.out.tfevents") for n in names) else []
+  out += [n + "/" if n == "checkpoints" else n for n in names
+          if n == "checkpoints" or n == "results.csv" or n.endswith(".png")]
+  return out

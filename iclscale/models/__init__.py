@@ -23,7 +23,11 @@ TRANSFORMER_DEFAULTS = dict(
     pos_period=30.0,     # base of the sinusoidal positions (30 as upstream, not 1e4)
     encoder="identity",  # item encoder: identity (frozen, inputs must be `width`-d), linear, resnet
     encoder_kwargs={},   # extra arguments of the encoder (e.g. ResNet norm)
-    label_init_std=0.0,  # label-embedding init std; 0 = 1/sqrt(classes) (Chan 2024's Dense on one-hots); DeepMind 0.02
+    # Context labels: a Dense layer on one-hot labels as in Chan et al. 2024's code (chanb/simple_icl, iclr_2025,
+    # src/models.py output_tokenizer), i.e. kernel lecun_normal (real std 1/sqrt(classes)) plus a trainable bias.
+    label_embed="dense_lecun",  # kernel init: dense_lecun (upstream) | truncnorm (flax truncated_normal) | normal
+    label_init_std=0.0,  # kernel std (truncnorm: before truncation, real std ~0.88x); 0 = 1/sqrt(classes)
+    label_bias=True,     # trainable bias on the label embedding, zeros at init (upstream's Dense has one)
 )
 
 
@@ -34,6 +38,9 @@ def validate_transformer(cfg, input_shape: tuple[int, ...]) -> None:
   config_lib.check(cfg.width % cfg.num_heads == 0, "model.num_heads",
                    f"width {cfg.width} is not divisible by num_heads {cfg.num_heads}")
   config_lib.check(cfg.width % 2 == 0, "model.width", "must be even for sinusoidal positions")
+  config_lib.check_one_of(cfg, "label_embed", "model", tuple(transformer.LABEL_INITS))
+  config_lib.check_positive(cfg, "label_init_std", "model", allow_zero=True)
+  config_lib.check(isinstance(cfg.label_bias, bool), "model.label_bias", f"must be true or false, got {cfg.label_bias!r}")
   if cfg.encoder == "identity":
     config_lib.check(tuple(input_shape) == (cfg.width,), "model.encoder",
                      f"identity encoder needs inputs of width {cfg.width}, the task gives {tuple(input_shape)}")
@@ -45,7 +52,8 @@ def build_transformer(cfg, task):
     from iclscale.models import encoders  # pylint: disable=g-import-not-at-top
     encoder = encoders.build_encoder(cfg.encoder, cfg.width, **dict(cfg.encoder_kwargs))
   module = transformer.ICLTransformer(task.num_classes, cfg.width, cfg.num_layers, cfg.num_heads, cfg.mlp_ratio,
-                                      cfg.pos_period, encoder, cfg.label_init_std)
+                                      cfg.pos_period, encoder, cfg.label_embed, cfg.label_init_std,
+                                      cfg.label_bias)
   return contracts.Model(module, lambda key, batch: module.init(key, batch["x"], batch["ctx_labels"])["params"],
                          transformer.apply_fn(module))
 

@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 
 from iclscale import config as config_lib
+from iclscale import pipeline
 
 DEFAULTS = dict(
     name="bursty",
@@ -272,7 +273,7 @@ def sample_sequence(key: jax.Array, arrays: dict, spec: Spec, c: dict) -> dict[s
 
 
 def sample_batch(key: jax.Array, arrays: dict, indices_B: jax.Array, spec: Spec, c: dict) -> dict:
-  keys_B = jax.vmap(jax.random.fold_in, (None, 0))(key, indices_B)
+  keys_B = pipeline.index_keys(key, indices_B)  # [B] or [B, 2] (hi, lo): see iclscale/pipeline.py
   return jax.vmap(sample_sequence, (0, None, None, None))(keys_B, arrays, spec, c)
 
 

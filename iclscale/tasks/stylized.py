@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from iclscale import config as config_lib
+from iclscale import pipeline
 
 DEFAULTS = dict(
     name="stylized",
@@ -134,7 +135,7 @@ def sample_sequence(key: jax.Array, mu_KxD: jax.Array, spec: Spec, c: dict) -> d
 
 
 def sample_batch(key: jax.Array, mu_KxD: jax.Array, indices_B: jax.Array, spec: Spec, c: dict) -> dict:
-  keys_B = jax.vmap(jax.random.fold_in, (None, 0))(key, indices_B)
+  keys_B = pipeline.index_keys(key, indices_B)  # [B] or [B, 2] (hi, lo): see iclscale/pipeline.py
   return jax.vmap(sample_sequence, (0, None, None, None))(keys_B, mu_KxD, spec, c)
 
 
