@@ -4,7 +4,7 @@
   python main.py --config=configs/gemma_finetune.py:lora      # LoRA rank 8 on every projection, base frozen
   python main.py --config=configs/gemma_finetune.py:tiny      # tiny random Gemma, byte tokens: seconds (tests)
 
-The probes (iclscale/fact_probes.py) run on the base model (step 0) and then at log-spaced steps; the figure
+The probes (iclscale/evaluators/fact_probes.py) run on the base model (step 0) and then at log-spaced steps; the figure
 facts_probes.png plots in-context vs in-weight answering against the fine-tuning step.
 """
 import ml_collections

@@ -1,4 +1,4 @@
-"""The LLM grid evaluation (analysis/russin_llm.py): prompts, tokenization, scoring, the command on a tiny model.
+"""The LLM grid evaluation (studies/russin_llm.py): prompts, tokenization, scoring, the command on a tiny model.
 
 Tiny random Gemma and the byte tokenizer only (seconds); the Gemma tokenizer check is skipped without the package.
 """
