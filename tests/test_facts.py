@@ -138,7 +138,9 @@ def test_loaded_params_follow_the_model_partition_specs(built):
 def test_lora_scope_freezes_all_base_params(built):
   cfg = train.resolve(tiny_config(**{"model.lora_rank": 2, "optim.frozen": gemma3_lm.BASE_PARAMS}))
   task = built[1]
-  params = models.build(cfg.model, task).load()
+  model = models.build(cfg.model, task)
+  example = task.batch(task.arrays, jnp.arange(2, dtype=jnp.uint32), jnp.int32(0))
+  params = model.load(jax.eval_shape(model.init, jax.random.key(0), example))
   assert jax.tree.structure(params) != jax.tree.structure(built[3])  # the LoRA factors are there
   frozen = jax.tree_util.tree_leaves_with_path(optim.scope_mask(params, cfg.optim.frozen))
   assert frozen and all(f == (optim.path_name(p).split("/")[-1] not in ("lora_a", "lora_b")) for p, f in frozen)
