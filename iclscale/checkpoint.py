@@ -264,11 +264,12 @@ def _check_identity(workdir: str, path, mine: dict) -> bool:
   return False
 
 
-def restore_params(workdir: str, abstract_params: Any, field: str) -> Any:
+def restore_params(workdir: str, abstract_params: Any = None, field: str = "model.init_from") -> Any:
   """The parameters of the newest checkpoint of another run's workdir, as host arrays; that run is only read.
 
   `abstract_params` is the tree the loop initialized (ShapeDtypeStructs): the loaded tree must have its structure
-  and shapes, else the checkpoint belongs to another architecture (a ConfigError naming `field`).
+  and shapes, else the checkpoint belongs to another architecture (a ConfigError naming `field`). None = no check
+  (reading a finished run's weights for analysis).
   """
   options = ocp.CheckpointManagerOptions(read_only=True)
   with ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options,
@@ -277,6 +278,8 @@ def restore_params(workdir: str, abstract_params: Any, field: str) -> Any:
     config_lib.check(step is not None, field, f"{workdir} has no complete checkpoint")
     state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
   params = jax.tree.map(np.asarray, state["params"])
+  if abstract_params is None:
+    return params
   want = jax.tree_util.tree_flatten_with_path(abstract_params)
   got = jax.tree_util.tree_flatten_with_path(params)
   config_lib.check(want[1] == got[1], field, f"{workdir} holds parameters of another architecture "

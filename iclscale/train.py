@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from iclscale import cache
 from iclscale import checkpoint as ckpt_lib
 from iclscale import config as config_lib
 from iclscale import contracts
@@ -89,11 +90,15 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return out
 
 
-def enable_compilation_cache(path: str | None = None) -> None:
-  """Persist compiled programs across processes: re-runs, resumes and sweep members start without compiling."""
-  path = path or os.environ.get("ICLSCALE_JAX_CACHE", os.path.expanduser("~/.cache/iclscale/jax"))
+def enable_compilation_cache(path: str | None = None, min_compile_secs: float = 0.5) -> None:
+  """Persist compiled programs across processes: re-runs, resumes and sweep members start without compiling.
+
+  The cache is `path`, else $ICLSCALE_JAX_CACHE, else the project cache's jax/ folder (cache.cache_dir); programs
+  that compile faster than `min_compile_secs` are not stored.
+  """
+  path = path or os.environ.get("ICLSCALE_JAX_CACHE") or str(cache.cache_dir("jax"))
   jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_secs)
 
 
 def zero_sums() -> dict:
@@ -116,7 +121,7 @@ def make_train_chunk(cfg, task: contracts.Task, model: contracts.Model, tx, mesh
     state, arrays = carry
     if idx_B is None:  # device-side sampling: the bound the Grain pipeline is measured against
       idx_B = pipeline.device_indices(sampler_key, task.dataset_size, cfg.train.batch_size, state["step"])
-    # Scheduled tasks (e.g. blocked finetuning) read the step: the data of step t stays a function of (seed, t).
+    # Every task gets the step (scheduled tasks read it): the data of step t stays a function of (seed, t).
     batch = task.batch(arrays, idx_B, state["step"])
     batch = jax.lax.with_sharding_constraint(batch, jax.tree.map(lambda x: mesh_lib.batch_spec(x.ndim), batch))
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch)
@@ -180,7 +185,8 @@ def load_params(model: contracts.Model, abstract: Any) -> Any | None:
 def init_state(cfg, task: contracts.Task, model: contracts.Model, mesh):
   """Parameters initialized (or loaded: see `load_params`) directly with their shardings, the optimizer chain,
   and the train state."""
-  example = jax.eval_shape(task.batch, task.arrays, jnp.zeros((2 * model.copies,), jnp.uint32),
+  example = jax.eval_shape(task.batch, task.arrays,
+                           jnp.zeros(pipeline.index_shape(task.dataset_size, 2 * model.copies), jnp.uint32),
                            jnp.zeros((), jnp.int32))
   init_key = jax.random.fold_in(jax.random.key(cfg.seed), 0x1417)
 
@@ -339,7 +345,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
   if cfg.plot and jax.process_index() == 0 and step >= tr.num_steps and outputs and outputs.evaluators:
     from iclscale.analysis import plots  # pylint: disable=g-import-not-at-top
     logging.info("Evaluator curves: %s", plots.plot_run(workdir))
-    for ev in outputs.evaluators:  # evaluators with a figure of their own (e.g. fact_probes)
+    for ev in outputs.evaluators:  # evaluators with a figure of their own (contracts.Evaluator.finalize)
       figure = ev.finalize(workdir)
       if figure:
         logging.info("%s figure: %s", ev.name, figure)
