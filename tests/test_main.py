@@ -1,4 +1,5 @@
 """main.py as a user runs it: end to end, bad flags, SIGTERM then resume."""
+import json
 import os
 import signal
 import subprocess
@@ -61,3 +62,26 @@ def test_sigterm_saves_and_the_same_command_resumes(tmp_path):
                      capture_output=True, text=True, env=env(), timeout=300, check=False)
   assert p.returncode == 0, p.stderr[-2000:]
   assert f"Resumed from the checkpoint at step {saved[0]}" in p.stdout + p.stderr
+
+
+def test_finished_run_rerun_shorter_and_after_a_lost_figure(tmp_path, tiny):
+  """A completed run: re-running it shorter is refused with its checkpoints kept; re-running it after its figure
+  was lost rewrites the figure; a lower learning rate is accepted and recorded."""
+  import pytest  # pylint: disable=g-import-not-at-top
+  from iclscale import train  # pylint: disable=g-import-not-at-top
+  from iclscale.config import ConfigError  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  short = {"train.num_steps": 20, "checkpoint.every": 10, "eval_every": 10, "checkpoint.per_decade": 0,
+           "evals.grid.num_examples": 16, "evals.grid.batch_size": 16, "mesh.num_devices": 1}
+  out = train.run(tiny(**short), workdir)
+  assert out["step"] == 20 and "curves.png" in out["outputs"]
+  saved = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+  with pytest.raises(ConfigError, match=r"already at step 20, past train.num_steps=10"):
+    train.run(tiny(**dict(short, **{"train.num_steps": 10})), workdir)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == saved
+  assert not os.path.exists(os.path.join(workdir, "checkpoints_corrupt"))
+  os.remove(os.path.join(workdir, "curves.png"))
+  out = train.run(tiny(**dict(short, **{"optim.lr": 1e-4})), workdir)
+  assert out["step"] == 20 and os.path.exists(os.path.join(workdir, "curves.png")) and "curves.png" in out["outputs"]
+  with open(os.path.join(workdir, "history.jsonl")) as f:
+    assert [json.loads(ln)["optim.lr"] for ln in f] == [3e-4, 3e-4, 1e-4]
