@@ -36,6 +36,9 @@ def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
   c.model.mlp_ratio = 4                 # MLP 256, GELU
   c.model.pos_period = 30.0             # sinusoidal positions with period base 30
   c.model.encoder = "identity"          # the input tokenizer is a frozen identity: raw x enters the stream
+  c.model.label_embed = "dense_lecun"   # labels: Dense on one-hots, lecun_normal kernel (upstream); truncnorm|normal
+  c.model.label_init_std = 0.0          # label kernel std; 0 = 1/sqrt(classes), lecun_normal's
+  c.model.label_bias = True             # trainable label bias, as upstream's Dense
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adam"                 # Adam, optax defaults, no decay, no clipping (as upstream)

@@ -262,3 +262,26 @@ def _check_identity(workdir: str, path, mine: dict) -> bool:
           f"workdir {workdir} holds a run with a different config ({shown}{more}); use another --workdir")
     return True
   return False
+
+
+def restore_params(workdir: str, abstract_params: Any, field: str) -> Any:
+  """The parameters of the newest checkpoint of another run's workdir, as host arrays; that run is only read.
+
+  `abstract_params` is the tree the loop initialized (ShapeDtypeStructs): the loaded tree must have its structure
+  and shapes, else the checkpoint belongs to another architecture (a ConfigError naming `field`).
+  """
+  options = ocp.CheckpointManagerOptions(read_only=True)
+  with ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options,
+                             item_names=("state", "data")) as mngr:
+    step = mngr.latest_step()
+    config_lib.check(step is not None, field, f"{workdir} has no complete checkpoint")
+    state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  params = jax.tree.map(np.asarray, state["params"])
+  want = jax.tree_util.tree_flatten_with_path(abstract_params)
+  got = jax.tree_util.tree_flatten_with_path(params)
+  config_lib.check(want[1] == got[1], field, f"{workdir} holds parameters of another architecture "
+                   f"({len(got[0])} arrays where this model has {len(want[0])}, or other names)")
+  for (path, w), (_, g) in zip(want[0], got[0]):
+    config_lib.check(w.shape == g.shape, field, f"{workdir} holds parameters of another architecture "
+                     f"({jax.tree_util.keystr(path)}: {g.shape} where this model has {w.shape})")
+  return params

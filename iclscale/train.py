@@ -1,7 +1,8 @@
 """THE training loop: every study enters here with a config and a workdir.
 
-The loop knows no study: it asks the task for sequences (by index, on the device), the model registry for a
-module, the optimizer builder for a chain and the evaluator registry for sweeps. K steps run per dispatch inside
+The loop knows no study: it asks the task for sequences (by index and step, on the device), the model registry
+for a model, the optimizer builder for a chain and the evaluator registry for sweeps. It sees plug-ins only
+through the contracts of iclscale/contracts.py. K steps run per dispatch inside
 one `lax.scan`; the host reads device values only at logging/eval/checkpoint times, and nothing it keeps grows
 with the step count, so 5e7-step runs are practical.
 """
@@ -22,7 +23,8 @@ import optax
 
 from iclscale import checkpoint as ckpt_lib
 from iclscale import config as config_lib
-from iclscale import evaluate
+from iclscale import contracts
+from iclscale import evaluators
 from iclscale import mesh as mesh_lib
 from iclscale import models
 from iclscale import optim
@@ -74,12 +76,12 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config_lib.check(tr.batch_size % parallelism == 0, "train.batch_size",
                    f"{tr.batch_size} is not divisible by the data-parallel size {parallelism}")
   copies = tasks.num_copies(out.task)
-  if copies > 1:  # independent model copies (tasks/episodes.py finetune mode, models.with_copies)
+  if copies > 1:  # independent model copies (contracts.TaskSpec.num_copies, models.with_copies)
     config_lib.check(tr.batch_size % copies == 0, "train.batch_size",
                      f"{tr.batch_size} does not split over the task's {copies} model copies")
     config_lib.check(not out.optim.grad_clip, "optim.grad_clip",
                      "a global-norm clip couples the independent model copies; set 0")
-  out.evals = evaluate.resolve(config.evals, parallelism)
+  out.evals = evaluators.resolve(config.evals, parallelism)
   config_lib.check(isinstance(config.report_every_secs, (int, float)) and config.report_every_secs > 0,
                    "report_every_secs", f"must be > 0, got {config.report_every_secs!r}")
   out.report_every_secs = config.report_every_secs
@@ -94,28 +96,20 @@ def enable_compilation_cache(path: str | None = None) -> None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def query_ce(logits_BxK: jax.Array, batch: dict) -> tuple[jax.Array, dict]:
-  """Cross-entropy and accuracy of the query prediction (the default loss of ICL classification tasks)."""
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits_BxK, batch["target"]).mean()
-  acc = (jnp.argmax(logits_BxK, -1) == batch["target"]).mean()
-  return ce, dict(loss=ce, accuracy=acc)
-
-
 def zero_sums() -> dict:
   return {m: jnp.zeros((), jnp.float32) for m in METRICS + ("count",)}
 
 
-def make_train_chunk(cfg, task, model, tx, mesh):
+def make_train_chunk(cfg, task: contracts.Task, model: contracts.Model, tx, mesh):
   """(state, arrays, indices [K, B] or None) -> state after K steps: one scan, one dispatch.
 
   The state carries running sums of the train metrics, so the host reads them only when it logs, and a resumed
   run continues the same logging window as an uninterrupted one.
   """
-  loss_of = model.loss or getattr(task, "loss", query_ce)
   sampler_key = jax.random.fold_in(jax.random.key(cfg.seed), 0x5A3)
 
   def loss_fn(params, batch):
-    loss, metrics = loss_of(model.apply(params, batch), batch)
+    loss, metrics = model.loss(model.apply(params, batch), batch)
     return loss + optim.penalty(cfg.optim, params), metrics
 
   def one_step(carry, idx_B):
@@ -123,7 +117,7 @@ def make_train_chunk(cfg, task, model, tx, mesh):
     if idx_B is None:  # device-side sampling: the bound the Grain pipeline is measured against
       idx_B = pipeline.device_indices(sampler_key, task.dataset_size, cfg.train.batch_size, state["step"])
     # Scheduled tasks (e.g. blocked finetuning) read the step: the data of step t stays a function of (seed, t).
-    batch = task.batch(arrays, idx_B, state["step"]) if getattr(task, "scheduled", False) else task.batch(arrays, idx_B)
+    batch = task.batch(arrays, idx_B, state["step"])
     batch = jax.lax.with_sharding_constraint(batch, jax.tree.map(lambda x: mesh_lib.batch_spec(x.ndim), batch))
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -164,18 +158,37 @@ class Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def init_state(cfg, task, model, mesh):
-  """Parameters initialized (or, for pretrained models, loaded) directly with their shardings, the optimizer
-  chain, and the train state."""
-  example = jax.eval_shape(task.batch, task.arrays, jnp.zeros((2 * getattr(task, "num_copies", 1),), jnp.uint32))
+def load_params(model: contracts.Model, abstract: Any) -> Any | None:
+  """Host arrays of the model's starting weights (another run's checkpoint or pretrained ones) in the initialized
+  tree `abstract`, or None when the model starts from `init`. Copies all start from one copy's weights."""
+  if not (model.init_from or model.load):
+    return None
+  one = abstract if model.copies == 1 else jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype),
+                                                        abstract)
+  if model.init_from:
+    params = ckpt_lib.restore_params(model.init_from, one, "model.init_from")
+  else:
+    params = model.load(one)
+    same = jax.tree.structure(params) == jax.tree.structure(one) and all(
+        np.shape(p) == s.shape for p, s in zip(jax.tree.leaves(params), jax.tree.leaves(one)))
+    config_lib.check(same, "model", "the loaded weights do not have the initialized model's parameter shapes")
+  if model.copies == 1:
+    return params
+  return jax.tree.map(lambda x: np.broadcast_to(x, (model.copies,) + np.shape(x)).copy(), params)
+
+
+def init_state(cfg, task: contracts.Task, model: contracts.Model, mesh):
+  """Parameters initialized (or loaded: see `load_params`) directly with their shardings, the optimizer chain,
+  and the train state."""
+  example = jax.eval_shape(task.batch, task.arrays, jnp.zeros((2 * model.copies,), jnp.uint32),
+                           jnp.zeros((), jnp.int32))
   init_key = jax.random.fold_in(jax.random.key(cfg.seed), 0x1417)
 
   def init_params(key):
     return model.init(key, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), example))
 
-  loaded = None if model.load is None else model.load()
-  abstract = (jax.eval_shape(init_params, init_key) if loaded is None
-              else jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), loaded))
+  abstract = jax.eval_shape(init_params, init_key)
+  loaded = load_params(model, abstract)
   shardings = mesh_lib.param_shardings(abstract, mesh, model.param_specs and model.param_specs(abstract, mesh))
   tx, lr_fn = optim.build(cfg.optim, abstract, cfg.train.num_steps)
 
@@ -214,7 +227,7 @@ class Outputs:
                                  for n, v in config_lib.flatten(cfg).items()})
     self.report = periodic_actions.ReportProgress(num_train_steps=cfg.train.num_steps, writer=self.writer,
                                                   every_secs=cfg.report_every_secs)
-    self.evaluators = evaluate.build(cfg.evals, task, model.apply, mesh)
+    self.evaluators = evaluators.build(cfg.evals, task, model.apply, mesh)
     self.lr_fn = lr_fn
     self.lr = cfg.optim.lr
     self.last_train: dict[str, float] = {}
@@ -261,14 +274,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
     task = tasks.build(cfg.task, cfg.seed)  # reads its data first: a missing data set leaves no run record behind
     fresh = not ckpt_lib.guard_workdir(workdir, cfg)
     task.arrays = jax.tree.map(lambda x: jax.device_put(x, mesh_lib.replicated(mesh)), task.arrays)
-    model = models.build(cfg.model, task)
+    model = models.build(cfg.model, task, tasks.num_copies(cfg.task))
     state, tx, lr_fn = init_state(cfg, task, model, mesh)
     train_chunk = make_train_chunk(cfg, task, model, tx, mesh)
     data_iter = None
     if cfg.data.pipeline == "grain":
       data_iter = pipeline.make_iterator(cfg.seed, task.dataset_size, tr.batch_size, k, tr.num_steps,
                                          mesh_lib.host_rows(tr.batch_size, mesh), cfg.data.prefetch)
-    idx_sharding = jax.sharding.NamedSharding(mesh, mesh_lib.batch_spec(2, batch_dim=1))
+    idx_shape = (k,) + pipeline.index_shape(task.dataset_size, tr.batch_size)  # [K, B] or [K, B, 2]
+    idx_sharding = jax.sharding.NamedSharding(mesh, mesh_lib.batch_spec(len(idx_shape), batch_dim=1))
 
     checkpointer = ckpt_lib.Checkpointer(workdir, cfg.checkpoint, tr.num_steps, k)
     latest = checkpointer.latest_step()
@@ -294,7 +308,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
           checkpointer.wait()
           logging.warning("Preempted: saved step %d in %s; re-run the same command to resume.", step, workdir)
           break
-        idx = None if data_iter is None else mesh_lib.to_global(next(data_iter), idx_sharding, (k, tr.batch_size))
+        idx = None if data_iter is None else mesh_lib.to_global(next(data_iter), idx_sharding, idx_shape)
         state = train_chunk(state, task.arrays, idx)
         step += k
         if step == start_step + k:
@@ -326,8 +340,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
     from iclscale.analysis import plots  # pylint: disable=g-import-not-at-top
     logging.info("Evaluator curves: %s", plots.plot_run(workdir))
     for ev in outputs.evaluators:  # evaluators with a figure of their own (e.g. fact_probes)
-      if hasattr(ev, "plot"):
-        logging.info("%s figure: %s", ev.name, ev.plot(workdir))
+      figure = ev.finalize(workdir)
+      if figure:
+        logging.info("%s figure: %s", ev.name, figure)
   return dict(step=step, train=outputs.last_train if outputs else {}, evals=outputs.last_evals if outputs else {},
               outputs=written_outputs(workdir))
 

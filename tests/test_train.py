@@ -41,7 +41,10 @@ def test_golden_train_loss(full_run):
       "The tiny run's final-window loss moved: if the change to data/model/optimizer is intended, update GOLDEN.")
 
 
-GOLDEN_FINAL_LOSS = 0.035653  # recorded on a 2-core x86-64 CPU, jax 0.10.2
+# Recorded on a 2-core x86-64 CPU, jax 0.10.2. With model.label_embed=truncnorm and model.label_bias=false (the
+# label embedding before the upstream-exact default) the same run gives the previous value 0.035653 exactly, so
+# the change comes from the label embedding alone (the two-pass LayerNorm variance moves it by 3e-7 relative).
+GOLDEN_FINAL_LOSS = 0.036127
 
 
 def test_resume_equals_uninterrupted_run(full_run, tiny, tmp_path):

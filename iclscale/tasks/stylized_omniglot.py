@@ -62,8 +62,8 @@ class StylizedOmniglotTask(stylized.StylizedTask):
   def _as_images(self, batch: dict) -> dict:
     return dict(batch, x=batch["x"].reshape(batch["x"].shape[:-1] + self.image_shape))
 
-  def batch(self, arrays: dict, indices_B: jax.Array) -> dict:
-    return self._as_images(super().batch(arrays, indices_B))
+  def batch(self, arrays: dict, indices_B: jax.Array, step: jax.Array) -> dict:
+    return self._as_images(super().batch(arrays, indices_B, step))
 
   def eval_sets(self, kind: str, num_examples: int) -> dict:
     return {n: self._as_images(s) for n, s in super().eval_sets(kind, num_examples).items()}
