@@ -59,16 +59,16 @@ def _fill(node: ml_collections.ConfigDict, defaults: dict[str, Any]) -> None:
 def plugin_defaults(c: ml_collections.ConfigDict) -> list[tuple[ml_collections.ConfigDict, dict[str, Any]]]:
   """(config block, the declared defaults of the plug-in it configures) for every block of `c`."""
   # Imported here: the package pulls in JAX, which a config file needs only when it is loaded.
-  from iclscale import checkpoint, evaluate, mesh, models, optim, pipeline, tasks, train  # pylint: disable=g-import-not-at-top
+  from iclscale import checkpoint, evaluators, mesh, models, optim, pipeline, tasks, train  # pylint: disable=g-import-not-at-top
   pairs = [(c.optim, optim.DEFAULTS), (c.train, train.TRAIN_DEFAULTS), (c.data, pipeline.DEFAULTS),
            (c.mesh, mesh.DEFAULTS), (c.checkpoint, checkpoint.DEFAULTS)]
   if c.task.get("name") in tasks.REGISTRY:
-    pairs.append((c.task, tasks.REGISTRY[c.task.name][0].DEFAULTS))
+    pairs.append((c.task, tasks.REGISTRY[c.task.name].defaults))
   if c.model.get("name") in models.REGISTRY:
-    pairs.append((c.model, models.REGISTRY[c.model.name][0]))
+    pairs.append((c.model, models.REGISTRY[c.model.name].defaults))
   for ev in c.evals.values():
-    if ev.get("type") in evaluate.REGISTRY:
-      pairs.append((ev, evaluate.REGISTRY[ev.type][0]))
+    if ev.get("type") in evaluators.REGISTRY:
+      pairs.append((ev, evaluators.REGISTRY[ev.type].defaults))
   return pairs
 
 
