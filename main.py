@@ -77,8 +77,15 @@ class _QuietLibraries(std_logging.Filter):
   """Orbax and Grain narrate every save at INFO; keep their warnings and errors only."""
 
   def filter(self, record):
-    return record.levelno >= std_logging.WARNING or not any(
-        f"{os.sep}{lib}{os.sep}" in record.pathname for lib in ("orbax", "grain", "jax"))
+    library = any(f"{os.sep}{lib}{os.sep}" in record.pathname for lib in ("orbax", "grain", "jax"))
+    if library and _disk_full(record):  # Orbax logs each failed writer thread; main() says it in one line
+      return False
+    return record.levelno >= std_logging.WARNING or not library
+
+
+def _disk_full(record) -> bool:
+  text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info and record.exc_info[1] else "")
+  return "No space left on device" in text or "os_error_code='28'" in text
 
 
 def default_workdir() -> str:

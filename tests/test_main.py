@@ -84,4 +84,25 @@ def test_finished_run_rerun_shorter_and_after_a_lost_figure(tmp_path, tiny):
   out = train.run(tiny(**dict(short, **{"optim.lr": 1e-4})), workdir)
   assert out["step"] == 20 and os.path.exists(os.path.join(workdir, "curves.png")) and "curves.png" in out["outputs"]
   with open(os.path.join(workdir, "history.jsonl")) as f:
-    assert [json.loads(ln)["optim.lr"] for ln in f] == [3e-4, 3e-4, 1e-4]
+    assert [json.loads(ln)["optim.lr"] for ln in f] == [3e-4, 1e-4]   # the refused start left no record
+
+
+def test_full_disk_while_saving_is_one_line(tmp_path):
+  """A workdir on a small tmpfs (root only): the first checkpoint does not fit."""
+  import pytest  # pylint: disable=g-import-not-at-top
+  mnt = tmp_path / "small"
+  mnt.mkdir()
+  if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mnt)],
+                                         capture_output=True, check=False).returncode != 0:
+    pytest.skip("needs root to mount a small tmpfs")
+  try:
+    p = subprocess.run(main_cmd(mnt / "run", "--config.train.num_steps=20", "--config.checkpoint.every=10",
+                                "--config.checkpoint.per_decade=0", "--config.eval_every=10",
+                                "--config.evals.grid.num_examples=16", "--config.evals.grid.batch_size=16"),
+                       capture_output=True, text=True, env=env(), timeout=300, check=False)
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    assert len(errors) == 1 and errors[0].startswith("error: no space left on the device while writing")
+    assert [s for s in os.listdir(mnt / "run" / "checkpoints") if s.isdigit()] == []   # no partial checkpoint used
+  finally:
+    subprocess.run(["umount", str(mnt)], check=False)
