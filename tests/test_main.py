@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "chan2024_synthetic.py") + ":tiny"
 
@@ -106,3 +108,19 @@ def test_full_disk_while_saving_is_one_line(tmp_path):
     assert [s for s in os.listdir(mnt / "run" / "checkpoints") if s.isdigit()] == []   # no partial checkpoint used
   finally:
     subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_nan_advice_is_true_a_lower_lr_resumes(tmp_path, tiny):
+  """After a non-finite loss, the re-run the message advises (a lower optim.lr) resumes from the last checkpoint."""
+  import pytest  # pylint: disable=g-import-not-at-top
+  from iclscale import train  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  short = {"checkpoint.every": 10, "eval_every": 10, "checkpoint.per_decade": 0, "train.log_every": 10,
+           "evals.grid.num_examples": 16, "evals.grid.batch_size": 16, "mesh.num_devices": 1, "plot": False}
+  assert train.run(tiny(**dict(short, **{"train.num_steps": 20})), workdir)["step"] == 20
+  with pytest.raises(FloatingPointError, match=r"Re-run the same command .*--config\.optim\.lr=1e\+29"):
+    train.run(tiny(**dict(short, **{"train.num_steps": 40, "optim.lr": 3e29})), workdir)
+  out = train.run(tiny(**dict(short, **{"train.num_steps": 40, "optim.lr": 1e-4})), workdir)
+  assert out["step"] == 40 and np.isfinite(out["train"]["train/loss"])
+  with open(os.path.join(workdir, "history.jsonl")) as f:
+    assert [json.loads(ln)["optim.lr"] for ln in f] == [3e-4, 3e29, 1e-4]
