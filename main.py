@@ -33,7 +33,8 @@ def flag_error(e: BaseException, argv: list[str]) -> str:
   lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
   if isinstance(e, (AttributeError, KeyError)):  # ml_collections: an override names a field the config lacks
     text = str(e)
-    key = (re.search(r"'([^'\\]+)", text) or re.search(r"(\w+)", text) or re.search("(.*)", "?")).group(1)
+    found = re.search(r"'([^'\\]+)", text) or re.search(r"(\w+)", text)
+    key = found.group(1) if found else "?"
     hint = re.search(r'Did you mean "([^"]+)"', text)
     names = [a.split("=", 1)[0].lstrip("-") for a in argv if re.match(r"^--?(no)?config\.", a)]
     name = next((n for n in names if key in n.split(".")), f"config.{key}")
