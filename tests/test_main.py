@@ -101,7 +101,7 @@ def test_full_disk_while_saving_is_one_line(tmp_path):
     p = subprocess.run(main_cmd(mnt / "run", "--config.train.num_steps=20", "--config.checkpoint.every=10",
                                 "--config.checkpoint.per_decade=0", "--config.eval_every=10",
                                 "--config.evals.grid.num_examples=16", "--config.evals.grid.batch_size=16"),
-                       capture_output=True, text=True, env=env(), timeout=300, check=False)
+                       capture_output=True, text=True, env=env(), timeout=600, check=False)
     errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
     assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
     assert len(errors) == 1 and errors[0].startswith("error: no space left on the device while writing")
