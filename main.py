@@ -33,7 +33,8 @@ def flag_error(e: BaseException, argv: list[str]) -> str:
   lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
   if isinstance(e, (AttributeError, KeyError)):  # ml_collections: an override names a field the config lacks
     text = str(e)
-    key = (re.search(r"'([^'\\]+)", text) or re.search(r"(\w+)", text) or re.search("(.*)", "?")).group(1)
+    found = re.search(r"'([^'\\]+)", text) or re.search(r"(\w+)", text)
+    key = found.group(1) if found else "?"
     hint = re.search(r'Did you mean "([^"]+)"', text)
     names = [a.split("=", 1)[0].lstrip("-") for a in argv if re.match(r"^--?(no)?config\.", a)]
     name = next((n for n in names if key in n.split(".")), f"config.{key}")
@@ -77,8 +78,15 @@ class _QuietLibraries(std_logging.Filter):
   """Orbax and Grain narrate every save at INFO; keep their warnings and errors only."""
 
   def filter(self, record):
-    return record.levelno >= std_logging.WARNING or not any(
-        f"{os.sep}{lib}{os.sep}" in record.pathname for lib in ("orbax", "grain", "jax"))
+    library = any(f"{os.sep}{lib}{os.sep}" in record.pathname for lib in ("orbax", "grain", "jax"))
+    if library and _disk_full(record):  # Orbax logs each failed writer thread; main() says it in one line
+      return False
+    return record.levelno >= std_logging.WARNING or not library
+
+
+def _disk_full(record) -> bool:
+  text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info and record.exc_info[1] else "")
+  return "No space left on device" in text or "os_error_code='28'" in text
 
 
 def default_workdir() -> str:

@@ -103,14 +103,14 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policies.AnyPreservationPolicy(keep),
         enable_async_checkpointing=cfg.async_save, create=True)
-    self.mngr = ocp.CheckpointManager(self.dir, options=options, item_names=("state", "data", "digest"))
+    # Handlers named up front, so a new process can read a checkpoint's metadata before restoring it.
+    handlers = dict(state=ocp.StandardCheckpointHandler(), data=grain.checkpoint.CheckpointHandler(),
+                    digest=ocp.JsonCheckpointHandler())
+    self.mngr = ocp.CheckpointManager(self.dir, options=options, item_handlers=handlers)
     self.steps_per_chunk = multiple
 
   def due(self, step: int) -> bool:
     return itstime(step, self.every, self.num_steps, self.milestones)
-
-  def latest_step(self) -> int | None:
-    return self.mngr.latest_step()
 
   def save(self, step: int, state: Any, data_iter: grain.DatasetIterator | None) -> bool:
     args = dict(state=ocp.args.StandardSave(state), digest=ocp.args.JsonSave(digest(state)))
@@ -122,6 +122,8 @@ class Checkpointer:
   def _check_fits(self, step: int, target: Any) -> None:
     """Raises IncompatibleCheckpoint if the stored arrays (names, shapes) are not those of `target`."""
     meta = self.mngr.item_metadata(step)["state"]
+    if meta is None:
+      raise ValueError("its array metadata cannot be read")
     stored = {m.name: tuple(m.shape) for m in jax.tree.leaves(getattr(meta, "tree", meta))}
     mine = {leaf_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(target)[0]}
     if stored != mine:
@@ -200,6 +202,13 @@ class _disk_full_as_oserror:  # pylint: disable=invalid-name
         "os_error_code='28'" in str(e) or "No space left on device" in str(e)):
       raise OSError(errno.ENOSPC, "No space left on device", self.where) from None
     return False
+
+
+def latest_saved_step(workdir: str) -> int | None:
+  """The newest finished checkpoint's step in workdir (Orbax's unfinished saves end in -tmp), or None."""
+  root = epath.Path(workdir) / "checkpoints"
+  steps = [int(p.name) for p in root.iterdir() if p.name.isdigit()] if root.exists() else []
+  return max(steps, default=None)
 
 
 def check_writable(workdir: str) -> None:

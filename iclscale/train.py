@@ -278,6 +278,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
   outputs = None
   with jax.set_mesh(mesh):
     task = tasks.build(cfg.task, cfg.seed)  # reads its data first: a missing data set leaves no run record behind
+    latest = ckpt_lib.latest_saved_step(workdir)
+    if latest is not None and latest > tr.num_steps:  # a run is extended, never shortened: keep its checkpoints
+      raise config_lib.ConfigError(
+          f"train.num_steps: {workdir} holds a run already at step {latest}, past train.num_steps={tr.num_steps}; "
+          f"re-run with --config.train.num_steps={latest} or more (its checkpoints are kept), or use another --workdir")
     fresh = not ckpt_lib.guard_workdir(workdir, cfg)
     task.arrays = jax.tree.map(lambda x: jax.device_put(x, mesh_lib.replicated(mesh)), task.arrays)
     model = models.build(cfg.model, task, tasks.num_copies(cfg.task))
@@ -291,12 +296,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
     idx_sharding = jax.sharding.NamedSharding(mesh, mesh_lib.batch_spec(len(idx_shape), batch_dim=1))
 
     checkpointer = ckpt_lib.Checkpointer(workdir, cfg.checkpoint, tr.num_steps, k)
-    latest = checkpointer.latest_step()
-    if latest is not None and latest > tr.num_steps:  # a run is extended, never shortened: keep its checkpoints
-      checkpointer.close()
-      raise config_lib.ConfigError(
-          f"train.num_steps: {workdir} holds a run already at step {latest}, past train.num_steps={tr.num_steps}; "
-          f"re-run with --config.train.num_steps={latest} or more (its checkpoints are kept), or use another --workdir")
     restored = None if fresh else checkpointer.restore(state, data_iter)
     start_step = step = 0
     if restored is not None:
