@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from iclscale import config as config_lib
+from iclscale import distributed
 
 DEFAULTS = dict(
     every=5000,          # save every this many steps (0 = only milestones, the end and preemption)
@@ -75,15 +76,20 @@ class Checkpointer:
       if data_iter is not None:
         args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
       try:
-        restored = self.mngr.restore(step, args=ocp.args.Composite(**args))
-        return step, restored["state"]
+        restored, why = self.mngr.restore(step, args=ocp.args.Composite(**args)), ""
       except Exception as e:  # pylint: disable=broad-except  # any failure to read means: do not use it
-        bad = os.path.join(os.path.dirname(self.dir), "checkpoints_corrupt", str(step))
-        logging.warning("Checkpoint at step %d is unreadable (%s: %s); moved to %s, trying the previous one.",
-                        step, type(e).__name__, str(e).splitlines()[0][:200], bad)
+        restored, why = None, f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+      # Unreadable on any process is unreadable for all: every process falls back to the same step.
+      if distributed.all_true("restore", restored is not None):
+        return step, restored["state"]
+      bad = os.path.join(os.path.dirname(self.dir), "checkpoints_corrupt", str(step))
+      logging.warning("Checkpoint at step %d is unreadable (%s); moved to %s, trying the previous one.",
+                      step, why or "on another process", bad)
+      if jax.process_index() == 0:
         os.makedirs(os.path.dirname(bad), exist_ok=True)
         shutil.move(os.path.join(self.dir, str(step)), bad)
-        self.mngr.reload()
+      distributed.all_true("restore_moved", True)  # a barrier: nobody reloads before the move
+      self.mngr.reload()
     return None
 
   def wait(self) -> None:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import threading
 import time
 from typing import Any
 
@@ -22,11 +20,13 @@ import optax
 
 from iclscale import checkpoint as ckpt_lib
 from iclscale import config as config_lib
+from iclscale import distributed
 from iclscale import evaluate
 from iclscale import mesh as mesh_lib
 from iclscale import models
 from iclscale import optim
 from iclscale import pipeline
+from iclscale import preemption as preemption_lib
 from iclscale import tasks
 from iclscale.results import ResultsTable
 
@@ -139,31 +139,6 @@ def make_train_chunk(cfg, task, model, tx, mesh):
   return jax.jit(chunk, donate_argnums=0)
 
 
-class Preemption:
-  """SIGTERM (TPU preemption, `kill`) asks the loop to save and exit at the next dispatch boundary."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM received: saving a checkpoint and exiting.")
-    self.requested = True
-
-  def due(self, step: int) -> bool:
-    if jax.process_count() > 1:  # every host must stop at the same step: JAX's preemption sync point agrees on it
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self.requested
-
-  def close(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
 def init_state(cfg, task, model, mesh):
   """Parameters initialized (or, for pretrained models, loaded) directly with their shardings, the optimizer
   chain, and the train state."""
@@ -232,6 +207,7 @@ class Outputs:
     self.last_train = out
 
   def evaluate(self, step: int, params: Any) -> None:
+    distributed.barrier("evaluate")
     values = {}
     for ev in self.evaluators:
       values.update(ev(params))
@@ -248,8 +224,9 @@ class Outputs:
 def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | None = None) -> dict:
   """Trains (or resumes) the run `config` in `workdir`; returns the last train and eval metrics."""
   start_time = start_time or time.time()
-  cfg = resolve(config)  # every ConfigError is raised here, before anything is built or compiled
-  fresh = not ckpt_lib.guard_workdir(workdir, config)
+  # Every ConfigError is raised here, before anything is built or compiled, and on every process alike.
+  cfg = distributed.same_everywhere("config", lambda: resolve(config))
+  fresh = not distributed.on_process_zero("workdir", lambda: ckpt_lib.guard_workdir(workdir, config))
   mesh = mesh_lib.make_mesh(cfg.mesh)
   tr, k = cfg.train, cfg.train.steps_per_dispatch
   outputs = None
@@ -272,18 +249,22 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
       step, state = restored
       start_step = step
       logging.info("Resumed from the checkpoint at step %d in %s", step, workdir)
-    preemption = Preemption()
+    saved_step = step if restored is not None else None  # a preemption right after a save must not save it again
+    preemption = preemption_lib.Preemption()
     try:
       if tr.eval_at_start and restored is None and cfg.evals:
         outputs = Outputs(cfg, config, workdir, task, model, mesh, -1, True, lr_fn)
         outputs.evaluate(0, state["params"])
       while step < tr.num_steps:
-        if preemption.due(step):
-          checkpointer.save(step, state, data_iter)
+        if preemption.due():
+          if saved_step != step:
+            checkpointer.save(step, state, data_iter)
           checkpointer.wait()
           logging.warning("Preempted: saved step %d in %s; re-run the same command to resume.", step, workdir)
           break
         idx = None if data_iter is None else mesh_lib.to_global(next(data_iter), idx_sharding, (k, tr.batch_size))
+        if step == start_step:
+          distributed.barrier("first_dispatch")
         state = train_chunk(state, task.arrays, idx)
         step += k
         if step == start_step + k:
@@ -303,6 +284,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
           outputs.evaluate(step, state["params"])
         if do_save:
           checkpointer.save(step, state, data_iter)
+          saved_step = step
     finally:
       preemption.close()
       checkpointer.close()
