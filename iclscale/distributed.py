@@ -13,6 +13,8 @@ import hashlib
 import json
 import logging
 import os
+import socket
+import time
 from typing import Any, Callable
 
 from absl import flags
@@ -75,6 +77,8 @@ def initialize(mode: str = "auto", coordinator_address: str | None = None, num_p
         raise DistributedError(f"--num_processes must be >= 1, got {n}")
       if not 0 <= pid < n:
         raise DistributedError(f"--process_id {pid} is out of range for --num_processes {n} (0..{n - 1})")
+    if explicit and pid > 0:
+      _wait_for_coordinator(address, init_timeout)
     if explicit or cluster or mode == "on":
       where = f"at {address} as process {pid} of {n}" if explicit else f"({cluster or 'JAX auto-detection'})"
       try:
@@ -87,6 +91,23 @@ def initialize(mode: str = "auto", coordinator_address: str | None = None, num_p
             "process was started with the same --num_processes and a reachable --coordinator_address") from e
   logging.info("process %d of %d, %d local devices, %d global devices (%s)", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(), jax.default_backend())
+
+
+def _wait_for_coordinator(address: str, timeout: float) -> None:
+  """jax.distributed aborts the process (no Python exception) when it cannot reach the coordinator: check first."""
+  host, _, port = address.rpartition(":")
+  if not host or not port.isdigit():
+    raise DistributedError(f"--coordinator_address {address!r} is not host:port")
+  deadline = time.monotonic() + timeout
+  while True:
+    try:
+      with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+        return
+    except OSError as e:
+      if time.monotonic() > deadline:
+        raise DistributedError(f"the coordinator at {address} is not reachable after {timeout} s ({e.strerror or e}); "
+                               "start process 0 there, or check --coordinator_address") from e
+      time.sleep(0.5)
 
 
 def initialize_from_flags() -> None:
@@ -173,3 +194,14 @@ def barrier(name: str) -> None:
   if jax.process_count() > 1:
     _rounds[name] = _rounds.get(name, 0) + 1
     _client().wait_at_barrier(f"iclscale/{name}/{_rounds[name]}", KV_TIMEOUT_MS)
+
+
+def compiled_together(name: str, jitted: Callable, *args) -> Callable:
+  """`jitted` compiled for `args` on every process before any process runs it (see `barrier`: a process that
+  finishes compiling first would otherwise wait in a collective for one still compiling)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_count() == 1:
+    return jitted
+  compiled = jitted.lower(*args).compile()
+  barrier(name)
+  return compiled

@@ -264,7 +264,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
           break
         idx = None if data_iter is None else mesh_lib.to_global(next(data_iter), idx_sharding, (k, tr.batch_size))
         if step == start_step:
-          distributed.barrier("first_dispatch")
+          train_chunk = distributed.compiled_together("train_chunk", train_chunk, state, task.arrays, idx)
         state = train_chunk(state, task.arrays, idx)
         step += k
         if step == start_step + k:

@@ -71,4 +71,7 @@ evaluate.QueryClassification.__init__ = eval_init
 train.init_state = init_state
 
 if __name__ == "__main__":
+  # A process started with a different command than the others (the config-hash check must refuse the run).
+  if os.environ.get("MP_PROCESS_1_EXTRA") and os.environ.get("JAX_PROCESS_ID") == "1":
+    sys.argv.append(os.environ["MP_PROCESS_1_EXTRA"])
   app.run(main.main)
