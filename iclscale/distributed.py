@@ -9,6 +9,7 @@ makes processes started with different commands fail together instead of trainin
 """
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import logging
@@ -161,8 +162,32 @@ def on_process_zero(name: str, fn: Callable[[], Any]) -> Any:
   return decided["value"]
 
 
+def check_workdir(workdir: str, timeout: float = 90.0) -> None:
+  """An object-store workdir (gs://...) must be reachable before anything is built: one clear line otherwise,
+  instead of a storage client's retries and traceback at the first save."""
+  if "://" not in workdir:
+    return
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  scheme, rest = workdir.split("://", 1)
+  bucket = epath.Path(f"{scheme}://{rest.split('/', 1)[0]}")
+  pool = concurrent.futures.ThreadPoolExecutor(1)
+  try:
+    ok, detail = pool.submit(bucket.exists).result(timeout=timeout), "not found"
+  except concurrent.futures.TimeoutError:
+    ok, detail = False, f"no answer within {timeout:.0f} s"
+  except Exception as e:  # pylint: disable=broad-except  # storage clients raise their own error types
+    ok, detail = False, (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+  finally:
+    pool.shutdown(wait=False)
+  if not ok:
+    raise DistributedError(f"workdir {workdir}: bucket {bucket} is not reachable ({detail}); check its name, this "
+                           "machine's credentials (a TPU VM's service account needs Storage access) and network")
+
+
 def check_same_run(config: Any, workdir: str) -> None:
-  """Every process must run the same config in the same workdir: a mismatch fails on every process, at start."""
+  """Every process must run the same config in the same workdir: a mismatch fails on every process, at start.
+  A gs:// workdir is checked for reachability first (`check_workdir`)."""
+  check_workdir(workdir)
   mine = hashlib.sha256(json.dumps([config_lib.flatten(config), os.path.normpath(workdir)], sort_keys=True,
                                    default=str).encode()).hexdigest()[:16]
   hashes = allgather_str("config_hash", mine)
