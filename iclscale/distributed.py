@@ -90,6 +90,11 @@ def initialize(mode: str = "auto", coordinator_address: str | None = None, num_p
         raise DistributedError(
             f"could not join the multi-process run {where} within {init_timeout} s ({detail}); check that every "
             "process was started with the same --num_processes and a reachable --coordinator_address") from e
+  if jax.process_count() > 1:
+    # Orbax's barriers as coordination-service barriers instead of device collectives: a CPU collective (gloo)
+    # fails when one process reaches it 30 s after another, which start-up skew on a loaded host can exceed.
+    from orbax.checkpoint._src.multihost import multihost as ocp_multihost  # pylint: disable=g-import-not-at-top
+    flags.FLAGS[ocp_multihost.EXPERIMENTAL_ORBAX_USE_DISTRIBUTED_BARRIER.name].value = True
   logging.info("process %d of %d, %d local devices, %d global devices (%s)", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(), jax.default_backend())
 
