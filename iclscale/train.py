@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import threading
 import time
 from typing import Any
 
@@ -25,11 +23,13 @@ from iclscale import cache
 from iclscale import checkpoint as ckpt_lib
 from iclscale import config as config_lib
 from iclscale import contracts
+from iclscale import distributed
 from iclscale import evaluators
 from iclscale import mesh as mesh_lib
 from iclscale import models
 from iclscale import optim
 from iclscale import pipeline
+from iclscale import preemption as preemption_lib
 from iclscale import tasks
 from iclscale.results import ResultsTable
 
@@ -138,31 +138,6 @@ def make_train_chunk(cfg, task: contracts.Task, model: contracts.Model, tx, mesh
   return jax.jit(chunk, donate_argnums=0)
 
 
-class Preemption:
-  """SIGTERM (TPU preemption, `kill`) asks the loop to save and exit at the next dispatch boundary."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM received: saving a checkpoint and exiting.")
-    self.requested = True
-
-  def due(self, step: int) -> bool:
-    if jax.process_count() > 1:  # every host must stop at the same step: JAX's preemption sync point agrees on it
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self.requested
-
-  def close(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
 def load_params(model: contracts.Model, abstract: Any) -> Any | None:
   """Host arrays of the model's starting weights (another run's checkpoint or pretrained ones) in the initialized
   tree `abstract`, or None when the model starts from `init`. Copies all start from one copy's weights."""
@@ -255,6 +230,7 @@ class Outputs:
     self.last_train = out
 
   def evaluate(self, step: int, params: Any) -> None:
+    distributed.barrier("evaluate")
     values = {}
     for ev in self.evaluators:
       values.update(ev(params))
@@ -268,22 +244,30 @@ class Outputs:
     self.writer.close()
 
 
+def guard_workdir(workdir: str, cfg) -> bool:
+  """checkpoint.guard_workdir, and a run is extended, never shortened: its checkpoints are kept."""
+  latest = ckpt_lib.latest_saved_step(workdir)
+  if latest is not None and latest > cfg.train.num_steps:
+    raise config_lib.ConfigError(
+        f"train.num_steps: {workdir} holds a run already at step {latest}, past train.num_steps="
+        f"{cfg.train.num_steps}; re-run with --config.train.num_steps={latest} or more (its checkpoints are "
+        "kept), or use another --workdir")
+  return ckpt_lib.guard_workdir(workdir, cfg)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | None = None) -> dict:
   """Trains (or resumes) the run `config` in `workdir`; returns the last train and eval metrics."""
   start_time = start_time or time.time()
-  cfg = resolve(config)  # every ConfigError is raised here, before anything is built or compiled
-  ckpt_lib.check_writable(workdir)
+  # Every ConfigError is raised here, before anything is built or compiled, and on every process alike.
+  cfg = distributed.same_everywhere("config", lambda: resolve(config))
+  distributed.on_process_zero("writable", lambda: ckpt_lib.check_writable(workdir))
   mesh = mesh_lib.make_mesh(cfg.mesh)
   tr, k = cfg.train, cfg.train.steps_per_dispatch
   outputs = None
   with jax.set_mesh(mesh):
     task = tasks.build(cfg.task, cfg.seed)  # reads its data first: a missing data set leaves no run record behind
-    latest = ckpt_lib.latest_saved_step(workdir)
-    if latest is not None and latest > tr.num_steps:  # a run is extended, never shortened: keep its checkpoints
-      raise config_lib.ConfigError(
-          f"train.num_steps: {workdir} holds a run already at step {latest}, past train.num_steps={tr.num_steps}; "
-          f"re-run with --config.train.num_steps={latest} or more (its checkpoints are kept), or use another --workdir")
-    fresh = not ckpt_lib.guard_workdir(workdir, cfg)
+    # Decided once, on process 0, from the workdir's files: every process then acts on the same answer.
+    fresh = not distributed.on_process_zero("workdir", lambda: guard_workdir(workdir, cfg))
     task.arrays = jax.tree.map(lambda x: jax.device_put(x, mesh_lib.replicated(mesh)), task.arrays)
     model = models.build(cfg.model, task, tasks.num_copies(cfg.task))
     state, tx, lr_fn = init_state(cfg, task, model, mesh)
@@ -302,18 +286,22 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
       step, state = restored
       start_step = step
       logging.info("Resumed from the checkpoint at step %d in %s", step, workdir)
-    preemption = Preemption()
+    saved_step = step if restored is not None else None  # a preemption right after a save must not save it again
+    preemption = preemption_lib.Preemption()
     try:
       if tr.eval_at_start and restored is None and cfg.evals:
         outputs = Outputs(cfg, workdir, task, model, mesh, -1, True, lr_fn)
         outputs.evaluate(0, state["params"])
       while step < tr.num_steps:
-        if preemption.due(step):
-          checkpointer.save(step, state, data_iter)
+        if preemption.due():
+          if saved_step != step:
+            checkpointer.save(step, state, data_iter)
           checkpointer.wait()
           logging.warning("Preempted: saved step %d in %s; re-run the same command to resume.", step, workdir)
           break
         idx = None if data_iter is None else mesh_lib.to_global(next(data_iter), idx_sharding, idx_shape)
+        if step == start_step:
+          train_chunk = distributed.compiled_together("train_chunk", train_chunk, state, task.arrays, idx)
         state = train_chunk(state, task.arrays, idx)
         step += k
         if step == start_step + k:
@@ -333,6 +321,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
           outputs.evaluate(step, state["params"])
         if do_save:
           checkpointer.save(step, state, data_iter)
+          saved_step = step
       if outputs is None and step >= tr.num_steps and cfg.plot and cfg.evals:
         # A completed run re-run (e.g. killed before its figures): rebuild the evaluators to rewrite them.
         outputs = Outputs(cfg, workdir, task, model, mesh, step, False, lr_fn)
