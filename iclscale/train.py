@@ -206,14 +206,15 @@ class Outputs:
   """
 
   def __init__(self, cfg, config, workdir, task, model, mesh, resume_step, fresh, lr_fn):
-    from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top
     self.results = ResultsTable(workdir, resume_step)
     self.writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     if fresh:
       self.writer.write_hparams({n: (v if isinstance(v, (int, float, str, bool)) else str(v))
                                  for n, v in config_lib.flatten(config).items()})
-    self.report = periodic_actions.ReportProgress(num_train_steps=cfg.train.num_steps, writer=self.writer,
-                                                  every_secs=cfg.report_every_secs)
+    from iclscale import progress  # pylint: disable=g-import-not-at-top  # imports CLU
+    self.report = progress.SyncedProgress(num_train_steps=cfg.train.num_steps, writer=self.writer,
+                                          every_secs=cfg.report_every_secs)
     self.evaluators = evaluate.build(cfg.evals, task, model.apply, mesh)
     self.lr_fn = lr_fn
     self.last_train: dict[str, float] = {}
@@ -292,7 +293,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
         if outputs is None:
           outputs = Outputs(cfg, config, workdir, task, model, mesh, start_step if restored else -1,
                             restored is None, lr_fn)
-        outputs.report(step)
+        outputs.report(step, state["step"])  # timed on finished work: iclscale/progress.py
         do_eval = bool(outputs.evaluators) and ckpt_lib.itstime(step, cfg.eval_every, tr.num_steps,
                                                                 checkpointer.milestones)
         do_save = checkpointer.due(step)
