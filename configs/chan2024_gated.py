@@ -91,4 +91,7 @@ def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
       batch_size={"tiny": 100, "quick": 1000, "full": 1000}[scale])
   c.report_every_secs = 30.0            # steps/s and ETA (CLU ReportProgress)
   c.plot = True                         # write curves.png at the end of the run
+  c.profile = ml_collections.ConfigDict()
+  c.profile.start_step = 0              # JAX profiler trace from this step (iclscale/profiling.py)
+  c.profile.num_steps = 0               # steps traced into workdir/profile; 0 = no trace
   return c

@@ -71,4 +71,7 @@ def get_config(arg: str = "full") -> ml_collections.ConfigDict:
   c.evals.probes = dict(type="fact_probes", batch_size=8)   # in-weight / in-context probes, 8 sequences a pass
   c.report_every_secs = 60.0            # steps/s and ETA (CLU ReportProgress)
   c.plot = True                         # curves.png and facts_probes.png at the end of the run
+  c.profile = ml_collections.ConfigDict()
+  c.profile.start_step = 0              # JAX profiler trace from this step (iclscale/profiling.py)
+  c.profile.num_steps = 0               # steps traced into workdir/profile; 0 = no trace
   return c

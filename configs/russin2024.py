@@ -110,4 +110,7 @@ def get_config(arg: str = "grid") -> ml_collections.ConfigDict:
                          batch_size=250)   # held-out episodes: test-item (ICL) and study-item accuracy
   c.report_every_secs = 60.0            # steps/s and ETA
   c.plot = True                         # curves.png at the end
+  c.profile = ml_collections.ConfigDict()
+  c.profile.start_step = 0              # JAX profiler trace from this step (iclscale/profiling.py)
+  c.profile.num_steps = 0               # steps traced into workdir/profile; 0 = no trace
   return c

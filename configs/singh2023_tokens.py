@@ -83,4 +83,7 @@ def get_config(arg: str = "full") -> ml_collections.ConfigDict:
       batch_size=pick(tiny=16, local=512, full=512))
   c.report_every_secs = 60.0            # steps/s and ETA (CLU ReportProgress)
   c.plot = True                         # write curves.png at the end of the run
+  c.profile = ml_collections.ConfigDict()
+  c.profile.start_step = 0              # JAX profiler trace from this step (iclscale/profiling.py)
+  c.profile.num_steps = 0               # steps traced into workdir/profile; 0 = no trace
   return c

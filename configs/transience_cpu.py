@@ -93,4 +93,7 @@ def get_config(arg: str = "local") -> ml_collections.ConfigDict:
       batch_size=64 if tiny else 1024)
   c.report_every_secs = 60.0            # steps/s and ETA (CLU ReportProgress)
   c.plot = True                         # write curves.png at the end of the run
+  c.profile = ml_collections.ConfigDict()
+  c.profile.start_step = 0              # JAX profiler trace from this step (iclscale/profiling.py)
+  c.profile.num_steps = 0               # steps traced into workdir/profile; 0 = no trace
   return c

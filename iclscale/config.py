@@ -72,7 +72,7 @@ def with_defaults(cfg: Any, defaults: dict, where: str) -> ml_collections.Config
 # Fields that may change between a run and its resumption: extending a run or changing how often it reports.
 RESUMABLE_FIELDS = (
     "train.num_steps", "train.log_every", "eval_every", "checkpoint.every", "checkpoint.keep",
-    "checkpoint.async_save", "report_every_secs", "plot",
+    "checkpoint.async_save", "report_every_secs", "plot", "profile.start_step", "profile.num_steps",
 )
 
 

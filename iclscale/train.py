@@ -27,6 +27,7 @@ from iclscale import mesh as mesh_lib
 from iclscale import models
 from iclscale import optim
 from iclscale import pipeline
+from iclscale import profiling
 from iclscale import tasks
 from iclscale.results import ResultsTable
 
@@ -38,7 +39,8 @@ TRAIN_DEFAULTS = dict(
     eval_at_start=False,     # also run the evaluators on the initial params (step 0): fine-tuning's baseline
 )
 TOP_FIELDS = ("seed", "task", "model", "optim", "train", "data", "mesh", "checkpoint", "eval_every", "evals",
-              "report_every_secs", "plot")
+              "report_every_secs", "plot", "profile")
+OPTIONAL_FIELDS = ("profile",)  # sections with defaults for every field: a config may leave them out
 METRICS = ("loss", "accuracy", "grad_norm")
 
 
@@ -47,7 +49,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for key in config.keys():
     config_lib.check(key in TOP_FIELDS, key, f"unknown field (known: {', '.join(TOP_FIELDS)})")
   for key in TOP_FIELDS:
-    config_lib.check(key in config, key, "missing")
+    config_lib.check(key in config or key in OPTIONAL_FIELDS, key, "missing")
   config_lib.check(isinstance(config.seed, int) and config.seed >= 0, "seed", f"must be an int >= 0, got {config.seed!r}")
   out = ml_collections.ConfigDict()
   out.seed = config.seed
@@ -84,6 +86,8 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                    "report_every_secs", f"must be > 0, got {config.report_every_secs!r}")
   out.report_every_secs = config.report_every_secs
   out.plot = config.plot
+  out.profile = config_lib.with_defaults(config.get("profile", {}), profiling.DEFAULTS, "profile")
+  profiling.validate(out.profile)
   return out
 
 
@@ -275,6 +279,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
       start_step = step
       logging.info("Resumed from the checkpoint at step %d in %s", step, workdir)
     preemption = Preemption()
+    profile = profiling.Profile(cfg.profile, workdir)
     try:
       if tr.eval_at_start and restored is None and cfg.evals:
         outputs = Outputs(cfg, config, workdir, task, model, mesh, -1, True, lr_fn)
@@ -286,8 +291,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
           logging.warning("Preempted: saved step %d in %s; re-run the same command to resume.", step, workdir)
           break
         idx = None if data_iter is None else mesh_lib.to_global(next(data_iter), idx_sharding, idx_shape)
+        profile.before(step, state["step"])
         state = train_chunk(state, task.arrays, idx)
         step += k
+        profile.after(step, state["step"])
         if step == start_step + k:
           logging.info("First training step dispatched %.1f s after start.", time.time() - start_time)
         if outputs is None:
@@ -306,6 +313,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
         if do_save:
           checkpointer.save(step, state, data_iter)
     finally:
+      profile.close(state["step"])
       preemption.close()
       checkpointer.close()
       if outputs is not None:
