@@ -30,6 +30,7 @@ from iclscale import models
 from iclscale import optim
 from iclscale import pipeline
 from iclscale import preemption as preemption_lib
+from iclscale import profiling
 from iclscale import tasks
 from iclscale.results import ResultsTable
 
@@ -41,7 +42,8 @@ TRAIN_DEFAULTS = dict(
     eval_at_start=False,     # also run the evaluators on the initial params (step 0): fine-tuning's baseline
 )
 TOP_FIELDS = ("seed", "task", "model", "optim", "train", "data", "mesh", "checkpoint", "eval_every", "evals",
-              "report_every_secs", "plot")
+              "report_every_secs", "plot", "profile")
+OPTIONAL_FIELDS = ("profile",)  # sections with defaults for every field: a config may leave them out
 METRICS = ("loss", "accuracy", "grad_norm")
 
 
@@ -50,7 +52,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for key in config.keys():
     config_lib.check(key in TOP_FIELDS, key, f"unknown field (known: {', '.join(TOP_FIELDS)})")
   for key in TOP_FIELDS:
-    config_lib.check(key in config, key, "missing")
+    config_lib.check(key in config or key in OPTIONAL_FIELDS, key, "missing")
   config_lib.check(isinstance(config.seed, int) and config.seed >= 0, "seed", f"must be an int >= 0, got {config.seed!r}")
   out = ml_collections.ConfigDict()
   out.seed = config.seed
@@ -87,6 +89,8 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                    "report_every_secs", f"must be > 0, got {config.report_every_secs!r}")
   out.report_every_secs = config.report_every_secs
   out.plot = config.plot
+  out.profile = config_lib.with_defaults(config.get("profile", {}), profiling.DEFAULTS, "profile")
+  profiling.validate(out.profile)
   return out
 
 
@@ -200,14 +204,15 @@ class Outputs:
   """
 
   def __init__(self, cfg, workdir, task, model, mesh, resume_step, fresh, lr_fn):
-    from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top
     self.results = ResultsTable(workdir, resume_step)
     self.writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     if fresh:
       self.writer.write_hparams({n: (v if isinstance(v, (int, float, str, bool)) else str(v))
                                  for n, v in config_lib.flatten(cfg).items()})
-    self.report = periodic_actions.ReportProgress(num_train_steps=cfg.train.num_steps, writer=self.writer,
-                                                  every_secs=cfg.report_every_secs)
+    from iclscale import progress  # pylint: disable=g-import-not-at-top  # imports CLU
+    self.report = progress.SyncedProgress(num_train_steps=cfg.train.num_steps, writer=self.writer,
+                                          every_secs=cfg.report_every_secs)
     self.evaluators = evaluators.build(cfg.evals, task, model.apply, mesh)
     self.lr_fn = lr_fn
     self.lr = cfg.optim.lr
@@ -288,6 +293,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
       logging.info("Resumed from the checkpoint at step %d in %s", step, workdir)
     saved_step = step if restored is not None else None  # a preemption right after a save must not save it again
     preemption = preemption_lib.Preemption()
+    profile = profiling.Profile(cfg.profile, workdir)
     try:
       if tr.eval_at_start and restored is None and cfg.evals:
         outputs = Outputs(cfg, workdir, task, model, mesh, -1, True, lr_fn)
@@ -302,14 +308,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
         idx = None if data_iter is None else mesh_lib.to_global(next(data_iter), idx_sharding, idx_shape)
         if step == start_step:
           train_chunk = distributed.compiled_together("train_chunk", train_chunk, state, task.arrays, idx)
+        profile.before(step, state["step"])
         state = train_chunk(state, task.arrays, idx)
         step += k
+        profile.after(step, state["step"])
         if step == start_step + k:
           logging.info("First training step dispatched %.1f s after start.", time.time() - start_time)
         if outputs is None:
           outputs = Outputs(cfg, workdir, task, model, mesh, start_step if restored else -1,
                             restored is None, lr_fn)
-        outputs.report(step)
+        outputs.report(step, state["step"])  # timed on finished work: iclscale/progress.py
         do_eval = bool(outputs.evaluators) and ckpt_lib.itstime(step, cfg.eval_every, tr.num_steps,
                                                                 checkpointer.milestones)
         do_save = checkpointer.due(step)
@@ -326,6 +334,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
         # A completed run re-run (e.g. killed before its figures): rebuild the evaluators to rewrite them.
         outputs = Outputs(cfg, workdir, task, model, mesh, step, False, lr_fn)
     finally:
+      profile.close(state["step"])
       preemption.close()
       checkpointer.close()
       if outputs is not None:
