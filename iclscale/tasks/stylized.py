@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 
 from iclscale import config as config_lib
+from iclscale import pipeline
 
 DEFAULTS = dict(
     name="stylized",
@@ -153,7 +154,7 @@ def sample_sequence(key: jax.Array, mu_KxD: jax.Array, spec: Spec, c: dict) -> d
 
 
 def sample_batch(key: jax.Array, mu_KxD: jax.Array, indices_B: jax.Array, spec: Spec, c: dict) -> dict:
-  keys_B = jax.vmap(jax.random.fold_in, (None, 0))(key, indices_B)
+  keys_B = pipeline.index_keys(key, indices_B)  # [B] or [B, 2] (hi, lo): see iclscale/pipeline.py
   return jax.vmap(sample_sequence, (0, None, None, None))(keys_B, mu_KxD, spec, c)
 
 
@@ -181,8 +182,9 @@ class StylizedTask:
     self.arrays = dict(prototypes=prototypes(stream_key(seed, "prototypes"), self.num_classes, cfg.dim),
                        train_key=jax.random.key_data(stream_key(seed, "train")))
 
-  def batch(self, arrays: dict, indices_B: jax.Array) -> dict[str, jax.Array]:
-    """Training sequences `indices_B`: a pure function of (seed, index), run on the device."""
+  def batch(self, arrays: dict, indices_B: jax.Array, step: jax.Array) -> dict[str, jax.Array]:
+    """Training sequences `indices_B`: a pure function of (seed, index), run on the device (any step)."""
+    del step
     key = jax.random.wrap_key_data(arrays["train_key"])
     return sample_batch(key, arrays["prototypes"], indices_B, self.spec,
                         cell(self.cfg.p_relevant, self.cfg.num_relevant))
