@@ -52,9 +52,10 @@ def test_readout_depends_on_context_labels():
 
 
 def test_attention_only_model_has_no_mlp():
-  m = transformer.ICLTransformer(num_classes=5, width=16, num_layers=1, num_heads=2, mlp_ratio=0)
-  params = m.init(jax.random.key(0), jnp.zeros((1, 2, 16)), jnp.zeros((1, 1), jnp.int32))["params"]
-  assert "mlp" not in params["block_0"]
+  def block_params(mlp_ratio):
+    m = transformer.ICLTransformer(num_classes=5, width=16, num_layers=1, num_heads=2, mlp_ratio=mlp_ratio)
+    return m.init(jax.random.key(0), jnp.zeros((1, 2, 16)), jnp.zeros((1, 1), jnp.int32))["params"]["block_0"]
+  assert {"up", "down"} <= set(block_params(4)) and not {"up", "down"} & set(block_params(0))
 
 
 def label_kernel(kind, num_classes=10, width=4096, seed=0, **kw):
@@ -126,3 +127,57 @@ def test_label_fields_are_declared_and_validated():
     bad = ml_collections.ConfigDict(dict(name="transformer", **{field: value}))
     with pytest.raises(config_lib.ConfigError, match=rf"config.model.{field}: {msg}"):
       models.resolve(bad, (64,))
+
+
+def numpy_forward(p, x_BxSxD, y_BxL, num_layers, num_heads, period=30.0):
+  """The two-layer model as Chan et al. 2024 describe and their code builds it (chanb/simple_icl, iclr_2025,
+  src/models.py and src/modules.py), written out in float64 NumPy: Dense on one-hot labels with bias; x_i and y_i
+  at position i, the query at L; pre-LN blocks (eps 1e-5, two-pass variance) with separate q, k, v projections
+  (here the three column blocks of the fused kernel), causal mask by -1e10, tanh-GELU MLP; final LN; linear head."""
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), p)
+  B, S, D = x_BxSxD.shape
+  L, K = S - 1, p["head"]["kernel"].shape[1]
+
+  def ln(h, q):
+    mu = h.mean(-1, keepdims=True)
+    return (h - mu) / np.sqrt(((h - mu) ** 2).mean(-1, keepdims=True) + 1e-5) * q["scale"] + q["bias"]
+
+  def dense(h, q):
+    return h @ q["kernel"] + q["bias"]
+
+  labels = dense(np.eye(K)[y_BxL], p["label_embed"])
+  tokens = [t for i in range(L) for t in (x_BxSxD[:, i], labels[:, i])] + [x_BxSxD[:, L]]
+  h = np.stack(tokens, axis=1).astype(np.float64)
+  pos = np.array([i for i in range(L) for _ in (0, 1)] + [L], np.float64)
+  angle = pos[:, None] * period ** (-np.arange(0, D, 2) / D)[None]
+  h = h + np.concatenate([np.sin(angle), np.cos(angle)], -1)[None]
+  T, dh = h.shape[1], D // num_heads
+  mask = np.tril(np.ones((T, T)))
+  for i in range(num_layers):
+    q = p[f"block_{i}"]
+    a = ln(h, q["ln_attn"])
+    w, b = q["attn"]["qkv"]["kernel"], q["attn"]["qkv"]["bias"]
+    qq, kk, vv = ((a @ w[:, j * D:(j + 1) * D] + b[j * D:(j + 1) * D]).reshape(B, T, num_heads, dh) for j in range(3))
+    logits = np.einsum("bthd,bshd->bhts", qq, kk) / np.sqrt(dh)
+    logits = logits * mask - 1e10 * (1 - mask)
+    att = np.exp(logits - logits.max(-1, keepdims=True))
+    att /= att.sum(-1, keepdims=True)
+    h = h + dense(np.einsum("bhts,bshd->bthd", att, vv).reshape(B, T, D), q["attn"]["out"])
+    u = dense(ln(h, q["ln_mlp"]), q["up"])
+    u = 0.5 * u * (1 + np.tanh(np.sqrt(2 / np.pi) * (u + 0.044715 * u ** 3)))
+    h = h + dense(u, q["down"])
+  return dense(ln(h[:, -1], p["ln_final"]), p["head"])
+
+
+def test_forward_equals_a_numpy_transcription_of_the_upstream_model():
+  m = transformer.ICLTransformer(num_classes=7, width=16, num_layers=2, num_heads=2)
+  x = jax.random.normal(jax.random.key(0), (4, 4, 16))
+  y = jax.random.randint(jax.random.key(1), (4, 3), 0, 7)
+  params = m.init(jax.random.key(2), x, y)["params"]
+  # Perturb every leaf (biases and LN parameters are 0/1 at init) so each one's role is checked.
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(3), len(leaves))
+  params = jax.tree.unflatten(tree, [v + 0.3 * jax.random.normal(k, v.shape) for v, k in zip(leaves, keys)])
+  got = np.asarray(m.apply({"params": params}, x, y))
+  want = numpy_forward(params, np.asarray(x, np.float64), np.asarray(y), num_layers=2, num_heads=2)
+  np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
