@@ -9,6 +9,7 @@ import ml_collections
 import numpy as np
 
 from iclscale import config as config_lib
+from iclscale.models import precision
 from iclscale.models import transformer
 
 TRANSFORMER_DEFAULTS = dict(
@@ -49,7 +50,7 @@ def build_transformer(cfg, task):
   encoder = None
   if cfg.encoder != "identity":
     from iclscale.models import encoders  # pylint: disable=g-import-not-at-top
-    encoder = encoders.build_encoder(cfg.encoder, cfg.width, **dict(cfg.encoder_kwargs))
+    encoder = encoders.build_encoder(cfg.encoder, cfg.width, dtype=jnp.dtype(cfg.dtype), **dict(cfg.encoder_kwargs))
   module = transformer.ICLTransformer(task.num_classes, cfg.width, cfg.num_layers, cfg.num_heads, cfg.mlp_ratio,
                                       cfg.pos_period, encoder, cfg.label_init_std)
   return Model(module, lambda key, batch: module.init(key, batch["x"], batch["ctx_labels"])["params"],
@@ -78,7 +79,8 @@ def resolve(cfg: ml_collections.ConfigDict, input_shape: tuple[int, ...]) -> ml_
   config_lib.check("name" in cfg and cfg.name in REGISTRY, "model.name",
                    f"unknown model {cfg.get('name')!r} (known: {', '.join(sorted(REGISTRY))})")
   defaults, validate, _ = REGISTRY[cfg.name]
-  full = config_lib.with_defaults(cfg, defaults, "model")
+  full = config_lib.with_defaults(cfg, dict(defaults, **precision.DEFAULTS), "model")  # every model has a dtype
+  config_lib.check_one_of(full, "dtype", "model", precision.DTYPES)
   validate(full, input_shape)
   return full
 
@@ -105,5 +107,7 @@ def with_copies(model: Model, n: int) -> Model:
 def build(cfg: ml_collections.FrozenConfigDict, task: Any) -> Model:
   """Builds a model from a resolved config: n vmapped copies if the task trains n (task.num_copies)."""
   model = REGISTRY[cfg.name][2](cfg, task)
+  own = "dtype" in REGISTRY[cfg.name][0]  # models declaring their own dtype (gemma3) cast inside their layers
+  model = model._replace(apply=precision.mixed(model.apply, cfg.dtype, cast_inputs=not own))  # f32 by default
   n = getattr(task, "num_copies", 1)
   return with_copies(model, n) if n > 1 else model

@@ -46,9 +46,11 @@ class Block(nn.Module):
         gemma3.RMSNorm(name="norm_attn")(x_BxTxD)).reshape(B, T, 3, H, h)
     q_BxTxHxh = gemma3.apply_rope(qkv_BxTx3xHxh[:, :, 0], pos_BxT, self.rope_base)
     k_BxTxHxh = gemma3.apply_rope(qkv_BxTx3xHxh[:, :, 1], pos_BxT, self.rope_base)
-    logits_BxHxTxT = jnp.einsum("bthk,bshk->bhts", q_BxTxHxh, k_BxTxHxh) / np.sqrt(h)
+    # Softmax in float32 whatever the compute dtype (models/precision.py)
+    logits_BxHxTxT = jnp.einsum("bthk,bshk->bhts", q_BxTxHxh, k_BxTxHxh).astype(jnp.float32) / np.sqrt(h)
     logits_BxHxTxT = jnp.where(jnp.tril(jnp.ones((T, T), bool)), logits_BxHxTxT, jnp.finfo(jnp.float32).min)
-    out_BxTxHxh = jnp.einsum("bhts,bshk->bthk", jax.nn.softmax(logits_BxHxTxT, -1), qkv_BxTx3xHxh[:, :, 2])
+    v_BxTxHxh = qkv_BxTx3xHxh[:, :, 2]
+    out_BxTxHxh = jnp.einsum("bhts,bshk->bthk", jax.nn.softmax(logits_BxHxTxT, -1).astype(v_BxTxHxh.dtype), v_BxTxHxh)
     x_BxTxD = x_BxTxD + nn.Dense(D, use_bias=False, kernel_init=init_normal, name="out")(out_BxTxHxh.reshape(B, T, D))
     gate_BxTxF, up_BxTxF = jnp.split(nn.Dense(2 * self.ffn_dim, use_bias=False, kernel_init=init_normal,
                                               name="gate_up")(gemma3.RMSNorm(name="norm_mlp")(x_BxTxD)), 2, -1)
