@@ -76,7 +76,7 @@ def test_index_keys_keep_32_bit_streams_and_separate_high_words():
 def _checkpoint_at(config, workdir, step):
   """Writes the checkpoint a run would hold at `step` (fresh parameters; step and optimizer counts set)."""
   cfg = train.resolve(config)
-  ckpt_lib.guard_workdir(workdir, config)
+  ckpt_lib.guard_workdir(workdir, cfg)
   mesh = mesh_lib.make_mesh(cfg.mesh)
   k = cfg.train.steps_per_dispatch
   with jax.set_mesh(mesh):

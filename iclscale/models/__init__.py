@@ -60,14 +60,19 @@ def build_transformer(cfg, task):
 
 
 REGISTRY: dict[str, contracts.ModelSpec] = {
-    "transformer": contracts.ModelSpec(TRANSFORMER_DEFAULTS, validate_transformer, build_transformer),
+    # Every model has model.dtype (models/precision.py); gemma3 declares it itself and casts inside its layers.
+    "transformer": contracts.ModelSpec(dict(TRANSFORMER_DEFAULTS, **precision.DEFAULTS), validate_transformer,
+                                       build_transformer),
     # The stylized gated model f = α·g + (1−α)·h of Chan et al. 2024, trained by their Algorithm 1.
-    "gated": contracts.ModelSpec(gated.DEFAULTS, gated.validate, gated.build),
+    "gated": contracts.ModelSpec(dict(gated.DEFAULTS, **precision.DEFAULTS), gated.validate, gated.build),
     # A Llama-style token decoder trained from scratch (Russin et al. 2024's metalearning model).
-    "decoder": contracts.ModelSpec(decoder.DEFAULTS, decoder.validate, decoder.build),
+    "decoder": contracts.ModelSpec(dict(decoder.DEFAULTS, **precision.DEFAULTS), decoder.validate, decoder.build),
     # Gemma 3 as a causal LM scored on answer tokens (pretrained weights loaded, not initialized).
     "gemma3": contracts.ModelSpec(gemma3_lm.DEFAULTS, gemma3_lm.validate, gemma3_lm.build),
 }
+
+
+SELF_CAST = ("gemma3",)  # models whose layers cast their float32 weights to model.dtype themselves
 
 
 def resolve(cfg: ml_collections.ConfigDict, input_shape: tuple[int, ...]) -> ml_collections.FrozenConfigDict:
@@ -99,6 +104,5 @@ def build(cfg: ml_collections.FrozenConfigDict, task: contracts.Task, copies: in
   """Builds a model from a resolved config: `copies` vmapped copies when the task trains several
   (tasks.num_copies of its config)."""
   model = REGISTRY[cfg.name].build(cfg, task)
-  own = "dtype" in REGISTRY[cfg.name].defaults  # models declaring their own dtype (gemma3) cast inside their layers
-  model = dataclasses.replace(model, apply=precision.mixed(model.apply, cfg.dtype, cast_inputs=not own))  # f32 default
+  model = dataclasses.replace(model, apply=precision.mixed(model.apply, cfg.dtype, cast_inputs=cfg.name not in SELF_CAST))
   return with_copies(model, copies) if copies > 1 else model
