@@ -35,7 +35,7 @@ def built(name, dtype):
     model = models.build(cfg.model, task)
     state, _, _ = train.init_state(cfg, task, model, mesh)
     n = 2 * getattr(task, "num_copies", 1)
-    batch = jax.jit(task.batch)(task.arrays, jnp.arange(n, dtype=jnp.uint32))
+    batch = jax.jit(task.batch)(task.arrays, jnp.arange(n, dtype=jnp.uint32), jnp.int32(0))
   return cfg, task, model, state, batch
 
 
