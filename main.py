@@ -12,8 +12,13 @@ import time
 
 _START = time.time()
 
+from iclscale import preemption  # pylint: disable=wrong-import-position
+preemption.install_early()  # a SIGTERM during start-up is honoured at the first step, not a silent exit 143
+
 from absl import app, flags, logging  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ml_collections import config_flags  # pylint: disable=wrong-import-position
+
+from iclscale import distributed  # pylint: disable=wrong-import-position  # --coordinator_address etc.
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "chan2024_synthetic.py")
 EXIT_BAD_INPUT = 2   # the run did not start: a flag, config or workdir error
@@ -60,7 +65,6 @@ try:  # defining the flag loads the default config with any --config.* overrides
 except Exception as e:  # pylint: disable=broad-except  # a bad override of the default config
   fail(flag_error(e, sys.argv))
 flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>[_<arg>]). Re-run to resume.")
-flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"], "jax.distributed.initialize() for multi-host runs.")
 FLAGS = flags.FLAGS
 
 
@@ -110,11 +114,12 @@ def default_workdir() -> str:
 def main(argv):
   del argv
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  from iclscale import config as config_lib, mesh, train  # pylint: disable=g-import-not-at-top
+  from iclscale import config as config_lib, train  # pylint: disable=g-import-not-at-top
   train.enable_compilation_cache()
-  mesh.maybe_initialize_distributed(FLAGS.distributed)
   workdir = FLAGS.workdir or default_workdir()
   try:
+    distributed.initialize_from_flags()
+    distributed.check_same_run(FLAGS.config, workdir)
     out = train.run(FLAGS.config, workdir, start_time=_START)
   except config_lib.ConfigError as e:
     fail(e)

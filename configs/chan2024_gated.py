@@ -9,7 +9,7 @@ one. Every group has its own no-regret learner (iclscale/learners.py).
   python main.py --config=configs/chan2024_gated.py:tiny      # seconds, for tests and smoke runs
   # upstream's end-to-end variant: --config.model.mode=end_to_end --config.optim.name=adam --config.optim.lr=3e-4
   #   (with --config.model.alpha=mlp --config.model.g=mlp for upstream's exact model)
-  # the N/σ/p_high study with theory side by side: python -m iclscale.analysis.gated_study --workdir=runs/gated_study
+  # the N/σ/p_high study with theory side by side: python -m iclscale.studies.gated_study --workdir=runs/gated_study
 """
 import ml_collections
 

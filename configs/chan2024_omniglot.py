@@ -1,7 +1,7 @@
 """Chan et al. 2024's Omniglot variant: the stylized distribution with one fixed Omniglot image per class.
 
 |C_H| = 20 common and |C_L| = 1603 rare characters, one image per class plus pixel noise σ, L = 2, the 2-layer
-transformer with a jointly trained ResNet tokenizer, warmup + inverse-sqrt learning rate (reference §9).
+transformer with a jointly trained ResNet tokenizer, warmup + inverse-sqrt learning rate (upstream chanb/simple_icl, cc_utils/templates/omniglot-*.json).
 
   python main.py --config=configs/chan2024_omniglot.py            # N = 1e4, 100K steps (accelerator scale)
   python main.py --config=configs/chan2024_omniglot.py:tiny       # seconds, for smoke tests

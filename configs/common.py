@@ -46,6 +46,10 @@ def base() -> ml_collections.ConfigDict:
 
   c.report_every_secs = 30.0            # steps/s and ETA (CLU ReportProgress)
   c.plot = True                         # write the evaluator curves (curves.png) at the end of the run
+
+  c.profile = ml_collections.ConfigDict()
+  c.profile.start_step = 0              # JAX profiler trace from this step (iclscale/profiling.py)
+  c.profile.num_steps = 0               # steps traced into workdir/profile; 0 = no trace
   return c
 
 
@@ -59,9 +63,9 @@ def _fill(node: ml_collections.ConfigDict, defaults: dict[str, Any]) -> None:
 def plugin_defaults(c: ml_collections.ConfigDict) -> list[tuple[ml_collections.ConfigDict, dict[str, Any]]]:
   """(config block, the declared defaults of the plug-in it configures) for every block of `c`."""
   # Imported here: the package pulls in JAX, which a config file needs only when it is loaded.
-  from iclscale import checkpoint, evaluators, mesh, models, optim, pipeline, tasks, train  # pylint: disable=g-import-not-at-top
+  from iclscale import checkpoint, evaluators, mesh, models, optim, pipeline, profiling, tasks, train  # pylint: disable=g-import-not-at-top
   pairs = [(c.optim, optim.DEFAULTS), (c.train, train.TRAIN_DEFAULTS), (c.data, pipeline.DEFAULTS),
-           (c.mesh, mesh.DEFAULTS), (c.checkpoint, checkpoint.DEFAULTS)]
+           (c.mesh, mesh.DEFAULTS), (c.checkpoint, checkpoint.DEFAULTS), (c.profile, profiling.DEFAULTS)]
   if c.task.get("name") in tasks.REGISTRY:
     pairs.append((c.task, tasks.REGISTRY[c.task.name].defaults))
   if c.model.get("name") in models.REGISTRY:
@@ -74,7 +78,7 @@ def plugin_defaults(c: ml_collections.ConfigDict) -> list[tuple[ml_collections.C
 
 def complete(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`c` with every field of every plug-in it uses, each at its declared default unless `c` sets it."""
-  for name in ("optim", "train", "data", "mesh", "checkpoint", "evals"):
+  for name in ("optim", "train", "data", "mesh", "checkpoint", "evals", "profile"):
     if name not in c:
       c[name] = ml_collections.ConfigDict()
   for key, ev in list(c.evals.items()):  # evaluator entries written as dicts become ConfigDicts

@@ -1,10 +1,10 @@
-"""Does memorizing facts in the weights overwrite in-context answering? Gemma 3 270M (Chan et al. 2024 §12).
+"""Does memorizing facts in the weights overwrite in-context answering? Gemma 3 270M (Chan et al. 2024's LLM experiment).
 
   python main.py --config=configs/gemma_finetune.py           # full AdamW, 150 steps: <= 15 min on a 2-core CPU
   python main.py --config=configs/gemma_finetune.py:lora      # LoRA rank 8 on every projection, base frozen
   python main.py --config=configs/gemma_finetune.py:tiny      # tiny random Gemma, byte tokens: seconds (tests)
 
-The probes (iclscale/fact_probes.py) run on the base model (step 0) and then at log-spaced steps; the figure
+The probes (iclscale/evaluators/fact_probes.py) run on the base model (step 0) and then at log-spaced steps; the figure
 facts_probes.png plots in-context vs in-weight answering against the fine-tuning step.
 """
 import ml_collections
@@ -40,7 +40,7 @@ def get_config(arg: str = "full") -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adamw"                # full AdamW; loss on answer tokens only (the model's loss)
   c.optim.lr = {"tiny": 1e-3, "full": 3e-5, "lora": 3e-4}[variant]   # measured: all 24 facts memorized (greedy) by step 50
-  c.optim.schedule = "constant"         # constant, as the reference's fine-tuning
+  c.optim.schedule = "constant"         # constant, as the authors' prototype (chanb/simple_icl fine_tuning_tutorial.ipynb)
   c.optim.weight_decay = 0.0            # no decay: drift from the base model is what is measured
   c.optim.grad_clip = 1.0               # guards the first steps on a pretrained model
   c.optim.frozen = BASE_PARAMS if variant == "lora" else ""   # LoRA: every non-LoRA parameter frozen

@@ -5,7 +5,7 @@
   python main.py --config=configs/russin2024.py:category,rotated      # category task, 45°-rotated boundary
   python main.py --config=configs/russin2024.py:grid,finetune --config.model.init_from=runs/russin2024_grid
         # IWL: finetune one copy per held-out episode from the metalearned weights ('' = IWL only, from scratch)
-  python -m iclscale.analysis.russin_study --task grid                # every condition + the results table
+  python -m iclscale.studies.russin_study --task grid                # every condition + the results table
 
 The arg is a comma list: the task (grid | category), then any of: a scale (tiny | cpu | full; default cpu),
 `rotated`, `finetune`. The few-shot evaluator reports test-item accuracy on held-out episodes under every
@@ -17,7 +17,7 @@ from configs import common
 
 # Per task and scale: model (layers, heads, width, ffn), metalearning (steps, batch, lr, train episodes, eval
 # cadence), finetuning (steps per block, batch per copy, lr), held-out episodes (test) and finetuned copies.
-# full = the reference (§4-§6); cpu = the largest setting measured to finish in about an hour on a 2-core CPU
+# full = upstream's (jlrussin/icl-iwl-interplay, scripts/); cpu = the largest setting measured to finish in about an hour on a 2-core CPU
 # (README); tiny = seconds, for tests.
 SCALES = {
     ("grid", "full"): dict(layers=12, heads=8, width=64, ffn=128, steps=585_000, batch=256, lr=1e-3,

@@ -1,6 +1,6 @@
 """Singh et al. 2023 (transient ICL): bursty Omniglot sequences, a jointly trained ResNet, the 12-layer model.
 
-Chan et al. 2022's generator and DeepMind defaults (reference singh2023.md §2): 1623 classes (1603 rare, 10 common,
+Chan et al. 2022's generator and DeepMind defaults (google-deepmind/emergent_in_context_learning, datasets/data_generators.py): 1623 classes (1603 rare, 10 common,
 10 holdout by the fixed permutation), all 20 exemplars, p_bursty 0.9, 3 shots x 2 ways, 8 context pairs; ICL =
 few-shot holdout (2-way 4-shot, relabeled 0/1), IWL = no support. Adam with DeepMind's linear warmup + 1/sqrt decay.
 

@@ -1,6 +1,6 @@
 """Singh et al. 2023 §4.3: bursty sequences over token-embedding classes with the 12-layer model.
 
-The icl-dynamics LLaMa runs (reference singh2023.md §3-4): 1600 classes x 10 exemplars (k-means clusters of an
+The icl-dynamics LLaMa runs (aadityasingh/icl-dynamics, llama_sweep_example.py): 1600 classes x 10 exemplars (k-means clusters of an
 embedding table; here Gemma 3 270M's, see iclscale/datasets/token_embeddings.py), every sequence bursty (3 + 3 of two
 classes + 2 iid), a linear input projection 640 -> 64 with bias, Adam at a constant 3e-4, batch 32, 2e6 steps.
 ICL = 2-way 4-shot on holdout classes relabeled 0/1; IWL = no support.

@@ -1,6 +1,6 @@
 """The cheapest setting found that shows ICL emerging and then fading on a 2-core CPU within about an hour.
 
-Singh et al.'s coopetition recipe (reference singh2023.md §7) scaled down: a 2-layer transformer, a context of 2
+Singh et al.'s coopetition recipe (aadityasingh/icl-dynamics, coopetition_paper_sweep.py) scaled down: a 2-layer transformer, a context of 2
 (one item of the query class and one distractor: bursty_shots=1, ways=2), many classes with few exemplars, fixed
 random class vectors seen through a linear encoder, Adam at a constant learning rate. Few-shot evaluation uses the
 same context of 2 (one shot per way), relabeled 0/1.

@@ -28,6 +28,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from iclscale import config as config_lib
+from iclscale import distributed
 
 DEFAULTS = dict(
     every=5000,          # save every this many steps (0 = only milestones, the end and preemption)
@@ -159,19 +160,25 @@ class Checkpointer:
     checkpoint of another state (IncompatibleCheckpoint) is refused and left where it is."""
     for step in sorted(self.mngr.all_steps(), reverse=True):
       try:
-        self._check_fits(step, target)
-        return step, self._read(step, target, data_iter)
+        self._check_fits(step, target)  # from the shared metadata: every process decides the same
+        restored, why = self._read(step, target, data_iter), ""
       except IncompatibleCheckpoint:
         raise
       except Exception as e:  # pylint: disable=broad-except  # any failure to read or verify: do not use it
-        bad = os.path.join(os.path.dirname(self.dir), "checkpoints_corrupt", str(step))
-        if os.path.exists(bad):
-          bad = f"{bad}.{time.strftime('%Y%m%d-%H%M%S')}"
-        logging.warning("Checkpoint at step %d is unreadable or corrupt (%s: %s); moved to %s, trying the "
-                        "previous one.", step, type(e).__name__, str(e).splitlines()[0][:200], bad)
+        restored, why = None, f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+      # Unreadable on any process is unreadable for all: every process falls back to the same step.
+      if distributed.all_true("restore", restored is not None):
+        return step, restored
+      bad = os.path.join(os.path.dirname(self.dir), "checkpoints_corrupt", str(step))
+      if os.path.exists(bad):
+        bad = f"{bad}.{time.strftime('%Y%m%d-%H%M%S')}"
+      logging.warning("Checkpoint at step %d is unreadable or corrupt (%s); moved to %s, trying the previous one.",
+                      step, why or "on another process", bad)
+      if jax.process_index() == 0:
         os.makedirs(os.path.dirname(bad), exist_ok=True)
         shutil.move(os.path.join(self.dir, str(step)), bad)
-        self.mngr.reload()
+      distributed.all_true("restore_moved", True)  # a barrier: nobody reloads before the move
+      self.mngr.reload()
     return None
 
   def wait(self) -> None:
@@ -273,11 +280,12 @@ def _check_identity(workdir: str, path, mine: dict) -> bool:
   return False
 
 
-def restore_params(workdir: str, abstract_params: Any, field: str) -> Any:
+def restore_params(workdir: str, abstract_params: Any = None, field: str = "model.init_from") -> Any:
   """The parameters of the newest checkpoint of another run's workdir, as host arrays; that run is only read.
 
   `abstract_params` is the tree the loop initialized (ShapeDtypeStructs): the loaded tree must have its structure
-  and shapes, else the checkpoint belongs to another architecture (a ConfigError naming `field`).
+  and shapes, else the checkpoint belongs to another architecture (a ConfigError naming `field`). None = no check
+  (reading a finished run's weights for analysis).
   """
   options = ocp.CheckpointManagerOptions(read_only=True)
   with ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options,
@@ -286,6 +294,8 @@ def restore_params(workdir: str, abstract_params: Any, field: str) -> Any:
     config_lib.check(step is not None, field, f"{workdir} has no complete checkpoint")
     state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
   params = jax.tree.map(np.asarray, state["params"])
+  if abstract_params is None:
+    return params
   want = jax.tree_util.tree_flatten_with_path(abstract_params)
   got = jax.tree_util.tree_flatten_with_path(params)
   config_lib.check(want[1] == got[1], field, f"{workdir} holds parameters of another architecture "

@@ -74,7 +74,8 @@ def with_defaults(cfg: Any, defaults: dict, where: str) -> ml_collections.Config
 # structure: optim.build applies clipping outside the state tree). Each start records them in history.jsonl.
 RESUMABLE_FIELDS = (
     "train.num_steps", "train.log_every", "eval_every", "checkpoint.every", "checkpoint.keep",
-    "checkpoint.async_save", "report_every_secs", "plot", "optim.lr", "optim.grad_clip",
+    "checkpoint.async_save", "report_every_secs", "plot", "optim.lr", "optim.grad_clip", "profile.start_step",
+    "profile.num_steps",
 )
 
 

@@ -6,14 +6,27 @@ Each kind has a registry, an explicit table in its package (`tasks/__init__.py`,
 validation of the filled-in config, and a builder.
 
 Adding a plug-in:
-  task       a module in tasks/ with DEFAULTS (every field commented), validate(cfg), input_shape(cfg) and a class
-             that satisfies `Task`; one `TaskSpec` row in tasks.REGISTRY.
-  model      a builder (cfg, task) -> `Model` and validate(cfg, input_shape); one `ModelSpec` row in
-             models.REGISTRY. Set `loss` when the outputs are not query logits; set `load` for pretrained weights.
-  evaluator  a class with the `Evaluator` base, constructed (name, cfg, task, apply, mesh); one `EvaluatorSpec` row
-             in evaluators.REGISTRY. A config then declares it as evals.<name> = dict(type=<row name>, ...).
-Every field a plug-in reads must be in its DEFAULTS: the config is checked against them (unknown keys and wrong
-types are one-line errors) and any of them can be overridden from the command line.
+  task       a module in tasks/ with DEFAULTS (a dict of every field with its default, each commented, `name`
+             included), validate(cfg) (config.check* helpers: one ConfigError line per bad value), input_shape(cfg)
+             and a class satisfying `Task`, built as Cls(cfg, seed); then one `TaskSpec` row in tasks.REGISTRY.
+             tasks/stylized.py is the smallest complete example.
+  model      build(cfg, task) -> `Model` and validate(cfg, input_shape) in a module of models/, DEFAULTS as for a
+             task; one `ModelSpec` row in models.REGISTRY. Set `loss` when the outputs are not query logits
+             (losses.py has the answer-token CE), `load` for pretrained weights, `param_specs` for a sharding
+             other than FSDP. models/decoder.py is a small complete example.
+  evaluator  a subclass of `Evaluator` constructed as Cls(name, cfg, task, apply, mesh), a dict of its fields with
+             `type` = its row name, and validate(name, cfg, data-parallel size); one `EvaluatorSpec` row in
+             evaluators.REGISTRY. A config then declares it as evals.<name> = dict(type=<row name>, ...).
+             evaluators/classification.py is the reference.
+Every field a plug-in reads must be in its defaults: the config is checked against them (unknown keys and wrong
+types are one-line errors) and any of them can be overridden from the command line. Plug-ins never import the loop;
+models import neither evaluators nor learners; tasks do not import models.
+
+Batch formats the existing models and evaluators read (a new task that emits one of them gets them for free):
+  classification   x [B, L+1, ...] (context items then the query), ctx_labels [B, L], target [B]: the
+                   transformer / gated models, query CE, the query_classification / icl_iwl evaluators;
+  answer tokens    tokens [B, T], answer_pos / answer_tok [B, N] int32, answer_mask [B, N] bool: the decoder and
+                   gemma3 models, answer CE, the episode_accuracy / fact_probes evaluators.
 """
 from __future__ import annotations
 

@@ -6,9 +6,7 @@ twice. Parameters are replicated unless they are large enough to be worth shardi
 """
 from __future__ import annotations
 
-import logging
 import math
-import os
 from typing import Any
 
 import jax
@@ -26,17 +24,6 @@ DEFAULTS = dict(
 AXES = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")
 FSDP_MIN_SIZE = 2**18  # parameters smaller than this stay replicated: sharding them costs more than it saves
-
-
-def maybe_initialize_distributed(mode: str = "auto") -> None:
-  """jax.distributed.initialize() for multi-process runs (Cloud TPU pods, multi-node GPU)."""
-  if mode == "off" or jax.distributed.is_initialized():
-    return
-  multi = mode == "on" or bool(os.environ.get("JAX_COORDINATOR_ADDRESS")) or (
-      "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""))
-  if multi:
-    jax.distributed.initialize()
-    logging.info("jax.distributed initialized: process %d of %d", jax.process_index(), jax.process_count())
 
 
 def axis_sizes(cfg, num_devices: int) -> tuple[int, int, int]:

@@ -178,7 +178,3 @@ def encode(tokenizer, text: str, add_bos: bool = True) -> list[int]:
   ids = tokenizer.encode(text)
   return [BOS_ID, *ids] if add_bos else list(ids)
 
-
-def decode(tokenizer, ids: Sequence[int]) -> str:
-  """Inverse of `encode` (control ids such as BOS/EOS/PAD decode to nothing)."""
-  return tokenizer.decode([int(i) for i in ids])

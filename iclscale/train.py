@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import threading
 import time
 from typing import Any
 
@@ -21,14 +19,18 @@ import ml_collections
 import numpy as np
 import optax
 
+from iclscale import cache
 from iclscale import checkpoint as ckpt_lib
 from iclscale import config as config_lib
 from iclscale import contracts
+from iclscale import distributed
 from iclscale import evaluators
 from iclscale import mesh as mesh_lib
 from iclscale import models
 from iclscale import optim
 from iclscale import pipeline
+from iclscale import preemption as preemption_lib
+from iclscale import profiling
 from iclscale import tasks
 from iclscale.results import ResultsTable
 
@@ -40,7 +42,8 @@ TRAIN_DEFAULTS = dict(
     eval_at_start=False,     # also run the evaluators on the initial params (step 0): fine-tuning's baseline
 )
 TOP_FIELDS = ("seed", "task", "model", "optim", "train", "data", "mesh", "checkpoint", "eval_every", "evals",
-              "report_every_secs", "plot")
+              "report_every_secs", "plot", "profile")
+OPTIONAL_FIELDS = ("profile",)  # sections with defaults for every field: a config may leave them out
 METRICS = ("loss", "accuracy", "grad_norm")
 
 
@@ -49,7 +52,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for key in config.keys():
     config_lib.check(key in TOP_FIELDS, key, f"unknown field (known: {', '.join(TOP_FIELDS)})")
   for key in TOP_FIELDS:
-    config_lib.check(key in config, key, "missing")
+    config_lib.check(key in config or key in OPTIONAL_FIELDS, key, "missing")
   config_lib.check(isinstance(config.seed, int) and config.seed >= 0, "seed", f"must be an int >= 0, got {config.seed!r}")
   out = ml_collections.ConfigDict()
   out.seed = config.seed
@@ -86,14 +89,20 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                    "report_every_secs", f"must be > 0, got {config.report_every_secs!r}")
   out.report_every_secs = config.report_every_secs
   out.plot = config.plot
+  out.profile = config_lib.with_defaults(config.get("profile", {}), profiling.DEFAULTS, "profile")
+  profiling.validate(out.profile)
   return out
 
 
-def enable_compilation_cache(path: str | None = None) -> None:
-  """Persist compiled programs across processes: re-runs, resumes and sweep members start without compiling."""
-  path = path or os.environ.get("ICLSCALE_JAX_CACHE", os.path.expanduser("~/.cache/iclscale/jax"))
+def enable_compilation_cache(path: str | None = None, min_compile_secs: float = 0.5) -> None:
+  """Persist compiled programs across processes: re-runs, resumes and sweep members start without compiling.
+
+  The cache is `path`, else $ICLSCALE_JAX_CACHE, else the project cache's jax/ folder (cache.cache_dir); programs
+  that compile faster than `min_compile_secs` are not stored.
+  """
+  path = path or os.environ.get("ICLSCALE_JAX_CACHE") or str(cache.cache_dir("jax"))
   jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_secs)
 
 
 def zero_sums() -> dict:
@@ -116,7 +125,7 @@ def make_train_chunk(cfg, task: contracts.Task, model: contracts.Model, tx, mesh
     state, arrays = carry
     if idx_B is None:  # device-side sampling: the bound the Grain pipeline is measured against
       idx_B = pipeline.device_indices(sampler_key, task.dataset_size, cfg.train.batch_size, state["step"])
-    # Scheduled tasks (e.g. blocked finetuning) read the step: the data of step t stays a function of (seed, t).
+    # Every task gets the step (scheduled tasks read it): the data of step t stays a function of (seed, t).
     batch = task.batch(arrays, idx_B, state["step"])
     batch = jax.lax.with_sharding_constraint(batch, jax.tree.map(lambda x: mesh_lib.batch_spec(x.ndim), batch))
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch)
@@ -131,31 +140,6 @@ def make_train_chunk(cfg, task: contracts.Task, model: contracts.Model, tx, mesh
     return state
 
   return jax.jit(chunk, donate_argnums=0)
-
-
-class Preemption:
-  """SIGTERM (TPU preemption, `kill`) asks the loop to save and exit at the next dispatch boundary."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM received: saving a checkpoint and exiting.")
-    self.requested = True
-
-  def due(self, step: int) -> bool:
-    if jax.process_count() > 1:  # every host must stop at the same step: JAX's preemption sync point agrees on it
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self.requested
-
-  def close(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
 
 
 def load_params(model: contracts.Model, abstract: Any) -> Any | None:
@@ -180,7 +164,8 @@ def load_params(model: contracts.Model, abstract: Any) -> Any | None:
 def init_state(cfg, task: contracts.Task, model: contracts.Model, mesh):
   """Parameters initialized (or loaded: see `load_params`) directly with their shardings, the optimizer chain,
   and the train state."""
-  example = jax.eval_shape(task.batch, task.arrays, jnp.zeros((2 * model.copies,), jnp.uint32),
+  example = jax.eval_shape(task.batch, task.arrays,
+                           jnp.zeros(pipeline.index_shape(task.dataset_size, 2 * model.copies), jnp.uint32),
                            jnp.zeros((), jnp.int32))
   init_key = jax.random.fold_in(jax.random.key(cfg.seed), 0x1417)
 
@@ -219,14 +204,15 @@ class Outputs:
   """
 
   def __init__(self, cfg, workdir, task, model, mesh, resume_step, fresh, lr_fn):
-    from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top
     self.results = ResultsTable(workdir, resume_step)
     self.writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     if fresh:
       self.writer.write_hparams({n: (v if isinstance(v, (int, float, str, bool)) else str(v))
                                  for n, v in config_lib.flatten(cfg).items()})
-    self.report = periodic_actions.ReportProgress(num_train_steps=cfg.train.num_steps, writer=self.writer,
-                                                  every_secs=cfg.report_every_secs)
+    from iclscale import progress  # pylint: disable=g-import-not-at-top  # imports CLU
+    self.report = progress.SyncedProgress(num_train_steps=cfg.train.num_steps, writer=self.writer,
+                                          every_secs=cfg.report_every_secs)
     self.evaluators = evaluators.build(cfg.evals, task, model.apply, mesh)
     self.lr_fn = lr_fn
     self.lr = cfg.optim.lr
@@ -249,6 +235,7 @@ class Outputs:
     self.last_train = out
 
   def evaluate(self, step: int, params: Any) -> None:
+    distributed.barrier("evaluate")
     values = {}
     for ev in self.evaluators:
       values.update(ev(params))
@@ -262,22 +249,30 @@ class Outputs:
     self.writer.close()
 
 
+def guard_workdir(workdir: str, cfg) -> bool:
+  """checkpoint.guard_workdir, and a run is extended, never shortened: its checkpoints are kept."""
+  latest = ckpt_lib.latest_saved_step(workdir)
+  if latest is not None and latest > cfg.train.num_steps:
+    raise config_lib.ConfigError(
+        f"train.num_steps: {workdir} holds a run already at step {latest}, past train.num_steps="
+        f"{cfg.train.num_steps}; re-run with --config.train.num_steps={latest} or more (its checkpoints are "
+        "kept), or use another --workdir")
+  return ckpt_lib.guard_workdir(workdir, cfg)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | None = None) -> dict:
   """Trains (or resumes) the run `config` in `workdir`; returns the last train and eval metrics."""
   start_time = start_time or time.time()
-  cfg = resolve(config)  # every ConfigError is raised here, before anything is built or compiled
-  ckpt_lib.check_writable(workdir)
+  # Every ConfigError is raised here, before anything is built or compiled, and on every process alike.
+  cfg = distributed.same_everywhere("config", lambda: resolve(config))
+  distributed.on_process_zero("writable", lambda: ckpt_lib.check_writable(workdir))
   mesh = mesh_lib.make_mesh(cfg.mesh)
   tr, k = cfg.train, cfg.train.steps_per_dispatch
   outputs = None
   with jax.set_mesh(mesh):
     task = tasks.build(cfg.task, cfg.seed)  # reads its data first: a missing data set leaves no run record behind
-    latest = ckpt_lib.latest_saved_step(workdir)
-    if latest is not None and latest > tr.num_steps:  # a run is extended, never shortened: keep its checkpoints
-      raise config_lib.ConfigError(
-          f"train.num_steps: {workdir} holds a run already at step {latest}, past train.num_steps={tr.num_steps}; "
-          f"re-run with --config.train.num_steps={latest} or more (its checkpoints are kept), or use another --workdir")
-    fresh = not ckpt_lib.guard_workdir(workdir, cfg)
+    # Decided once, on process 0, from the workdir's files: every process then acts on the same answer.
+    fresh = not distributed.on_process_zero("workdir", lambda: guard_workdir(workdir, cfg))
     task.arrays = jax.tree.map(lambda x: jax.device_put(x, mesh_lib.replicated(mesh)), task.arrays)
     model = models.build(cfg.model, task, tasks.num_copies(cfg.task))
     state, tx, lr_fn = init_state(cfg, task, model, mesh)
@@ -296,26 +291,33 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
       step, state = restored
       start_step = step
       logging.info("Resumed from the checkpoint at step %d in %s", step, workdir)
-    preemption = Preemption()
+    saved_step = step if restored is not None else None  # a preemption right after a save must not save it again
+    preemption = preemption_lib.Preemption()
+    profile = profiling.Profile(cfg.profile, workdir)
     try:
       if tr.eval_at_start and restored is None and cfg.evals:
         outputs = Outputs(cfg, workdir, task, model, mesh, -1, True, lr_fn)
         outputs.evaluate(0, state["params"])
       while step < tr.num_steps:
-        if preemption.due(step):
-          checkpointer.save(step, state, data_iter)
+        if preemption.due():
+          if saved_step != step:
+            checkpointer.save(step, state, data_iter)
           checkpointer.wait()
           logging.warning("Preempted: saved step %d in %s; re-run the same command to resume.", step, workdir)
           break
         idx = None if data_iter is None else mesh_lib.to_global(next(data_iter), idx_sharding, idx_shape)
+        if step == start_step:
+          train_chunk = distributed.compiled_together("train_chunk", train_chunk, state, task.arrays, idx)
+        profile.before(step, state["step"])
         state = train_chunk(state, task.arrays, idx)
         step += k
+        profile.after(step, state["step"])
         if step == start_step + k:
           logging.info("First training step dispatched %.1f s after start.", time.time() - start_time)
         if outputs is None:
           outputs = Outputs(cfg, workdir, task, model, mesh, start_step if restored else -1,
                             restored is None, lr_fn)
-        outputs.report(step)
+        outputs.report(step, state["step"])  # timed on finished work: iclscale/progress.py
         do_eval = bool(outputs.evaluators) and ckpt_lib.itstime(step, cfg.eval_every, tr.num_steps,
                                                                 checkpointer.milestones)
         do_save = checkpointer.due(step)
@@ -327,10 +329,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
           outputs.evaluate(step, state["params"])
         if do_save:
           checkpointer.save(step, state, data_iter)
+          saved_step = step
       if outputs is None and step >= tr.num_steps and cfg.plot and cfg.evals:
         # A completed run re-run (e.g. killed before its figures): rebuild the evaluators to rewrite them.
         outputs = Outputs(cfg, workdir, task, model, mesh, step, False, lr_fn)
     finally:
+      profile.close(state["step"])
       preemption.close()
       checkpointer.close()
       if outputs is not None:
@@ -338,7 +342,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
   if cfg.plot and jax.process_index() == 0 and step >= tr.num_steps and outputs and outputs.evaluators:
     from iclscale.analysis import plots  # pylint: disable=g-import-not-at-top
     logging.info("Evaluator curves: %s", plots.plot_run(workdir))
-    for ev in outputs.evaluators:  # evaluators with a figure of their own (e.g. fact_probes)
+    for ev in outputs.evaluators:  # evaluators with a figure of their own (contracts.Evaluator.finalize)
       figure = ev.finalize(workdir)
       if figure:
         logging.info("%s figure: %s", ev.name, figure)

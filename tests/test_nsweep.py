@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from iclscale import results
-from iclscale.analysis import nsweep
+from iclscale.studies import nsweep
 
 
 def fake_run(workdir, error_at_end):

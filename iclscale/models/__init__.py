@@ -60,7 +60,7 @@ def build_transformer(cfg, task):
 
 REGISTRY: dict[str, contracts.ModelSpec] = {
     "transformer": contracts.ModelSpec(TRANSFORMER_DEFAULTS, validate_transformer, build_transformer),
-    # The stylized gated model f = α·g + (1−α)·h of Chan et al. 2024 (Section 3).
+    # The stylized gated model f = α·g + (1−α)·h of Chan et al. 2024, trained by their Algorithm 1.
     "gated": contracts.ModelSpec(gated.DEFAULTS, gated.validate, gated.build),
     # A Llama-style token decoder trained from scratch (Russin et al. 2024's metalearning model).
     "decoder": contracts.ModelSpec(decoder.DEFAULTS, decoder.validate, decoder.build),

@@ -2,7 +2,7 @@
 
 Pre-norm causal blocks over token embeddings, an untied output head read only at the answer positions (the
 `answer_pos` of the batch), so the loss is the answer-token CE (losses.answer_ce). Grid: 12 layers,
-8 heads, d 64, ffn 128; category: 4 layers, same widths (reference §4). Sequences are unpadded.
+8 heads, d 64, ffn 128; category: 4 layers, same widths (upstream jlrussin/icl-iwl-interplay, models.py). Sequences are unpadded.
 
 `init_from` starts from another run's parameters (its newest checkpoint): the metalearned weights that
 finetuning copies begin from. The loop reads that run's checkpoint (contracts.Model.init_from); it is only read.
@@ -14,7 +14,6 @@ import os
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from iclscale import config as config_lib
 from iclscale import contracts
@@ -47,9 +46,7 @@ class Block(nn.Module):
         gemma3.RMSNorm(name="norm_attn")(x_BxTxD)).reshape(B, T, 3, H, h)
     q_BxTxHxh = gemma3.apply_rope(qkv_BxTx3xHxh[:, :, 0], pos_BxT, self.rope_base)
     k_BxTxHxh = gemma3.apply_rope(qkv_BxTx3xHxh[:, :, 1], pos_BxT, self.rope_base)
-    logits_BxHxTxT = jnp.einsum("bthk,bshk->bhts", q_BxTxHxh, k_BxTxHxh) / np.sqrt(h)
-    logits_BxHxTxT = jnp.where(jnp.tril(jnp.ones((T, T), bool)), logits_BxHxTxT, jnp.finfo(jnp.float32).min)
-    out_BxTxHxh = jnp.einsum("bhts,bshk->bthk", jax.nn.softmax(logits_BxHxTxT, -1), qkv_BxTx3xHxh[:, :, 2])
+    out_BxTxHxh = jax.nn.dot_product_attention(q_BxTxHxh, k_BxTxHxh, qkv_BxTx3xHxh[:, :, 2], is_causal=True)
     x_BxTxD = x_BxTxD + nn.Dense(D, use_bias=False, kernel_init=init_normal, name="out")(out_BxTxHxh.reshape(B, T, D))
     gate_BxTxF, up_BxTxF = jnp.split(nn.Dense(2 * self.ffn_dim, use_bias=False, kernel_init=init_normal,
                                               name="gate_up")(gemma3.RMSNorm(name="norm_mlp")(x_BxTxD)), 2, -1)

@@ -6,7 +6,8 @@
      under equal priors). A region is thus "the class the query looks like"; noise that carries x_q across a
      boundary is an error g cannot learn away. 'mlp': [hidden..., K] ReLU on x_q, as upstream.
   h  in-context predictor: h = Σ_j softmax_j(−‖x_j − x_q‖²/τ)·onehot(y_j), with τ = exp(log_tau) learnable
-     (one exponential, unlike upstream's exp(exp(·)), caveat #6). Clipped at prob_floor before every log.
+     (one exponential, unlike upstream's ICPredictor in chanb/simple_icl src/models.py, which
+     divides by exp(exp(log_temp))). Clipped at prob_floor before every log.
   α  the probability of using g. 'table': one α ∈ [0, 1] per query region, stored as the probability itself so
      the gate's loss m_t(α) = α·(ℓ_g − ℓ_h) is linear in the parameter (online convex optimisation; learners
      project onto [0, 1]). 'mlp': sigmoid of [hidden..., 1] ReLU on the flattened context + query, as upstream.
@@ -20,13 +21,12 @@ mode='end_to_end' is upstream's variant: the log-loss of f, by any optimizer (Ad
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from iclscale import config as config_lib
 from iclscale import contracts

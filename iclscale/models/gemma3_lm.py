@@ -3,7 +3,7 @@
 A batch is a right-padded token sequence plus its answer: `tokens` [B, T], `answer_pos` [B, N] (the positions
 whose next-token prediction is an answer token), `answer_tok` [B, N] and `answer_mask` [B, N] (False on padding
 slots of short answers). `apply` sends only the N answer positions through the tied 262144-way head, which
-dominates the cost of the 270M model (gemma3.md §9: 7.7 s -> 3.2 s per AdamW step at B4 x L32).
+dominates the cost of the 270M model (benchmarks/gemma3_step.py measures the step).
 """
 from __future__ import annotations
 

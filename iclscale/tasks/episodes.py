@@ -3,7 +3,7 @@
 One sample (every sample of a task has the same length, so nothing is padded):
   <|endoftext|> item_1 : answer_1 <sep> ... item_S : answer_S <sep> query : <mask> [<mask>]
 The logits at the <mask> positions are trained to emit the answer tokens (upstream's masked objective read by a
-causal decoder); accuracy is an exact match of all answer tokens (models/gemma3_lm.answer_ce).
+causal decoder); accuracy is an exact match of all answer tokens (losses.answer_ce).
 
 Episodes are keyed: a key in [0, num_episodes) is the episode's content (grid permutations, category dimension
 pair). The seed shuffles the keys once; the first num_train_episodes are the metalearning corpus and the last

@@ -1,6 +1,7 @@
-"""Person -> city facts to memorize in a language model's weights (Chan et al. 2024 §12, scaled up).
+"""Person -> city facts to memorize in a language model's weights (Chan et al. 2024's LLM experiment, scaled up).
 
-Names and cities are half real, half nonsense (the reference's eight of each, extended to sixteen). The seed
+Names and cities are half real, half nonsense (the authors' prototype, chanb/simple_icl fine_tuning_tutorial.ipynb,
+has four of each kind; here sixteen). The seed
 shuffles each kind and deals names out alternately real/nonsense, so the trained facts and the held-out names
 (never trained) hold both kinds equally; name i lives in city i, and each name also gets one other city, the
 conflicting city its in-context probe states. Everything is tokenized once on the host into fixed-length,
@@ -82,7 +83,7 @@ def make_encoder(kind: str):
     # Gemma's BOS and PAD ids are kept: printable ASCII starts at 32.
     return (lambda text, bos: [tokenizer.BOS_ID] * bos + list(text.encode("ascii"))), 128
   tok = gemma3_tokenizer_model()
-  return (lambda text, bos: [tokenizer.BOS_ID] * bos + list(tok.encode(text))), tok.vocab_size()
+  return (lambda text, bos: tokenizer.encode(tok, text, bos)), tok.vocab_size()
 
 
 def pack(pairs: list[tuple[list[int], list[int]]], length: int, answer_len: int, field: str) -> dict:

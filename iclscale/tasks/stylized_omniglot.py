@@ -1,4 +1,4 @@
-"""Chan et al. 2024's stylized distribution over Omniglot (reference chan2024.md §9): images instead of prototypes.
+"""Chan et al. 2024's stylized distribution over Omniglot (upstream chanb/simple_icl, src/datasets/omniglot.py): images instead of prototypes.
 
 Class k (of |C_H| + |C_L| <= 1623) is Omniglot character k in the table's order (global id k + 1; Chan et al. used
 torchvision's folder order, so their class k is usually another character) and its input is one fixed drawing

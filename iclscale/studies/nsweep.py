@@ -1,10 +1,10 @@
 """The dataset-size study of Chan et al. 2024 (their Fig. 2 grid): error vs N for IBD/OOBD x relevant/irrelevant
 context x C_H/C_L, over seeds, run locally one after another and aggregated into one table and one figure.
 
-  python -m iclscale.analysis.nsweep --workdir runs/nsweep                  # quick: N=2^6..2^14, 2 seeds
-  python -m iclscale.analysis.nsweep --workdir runs/nsweep --scale full     # paper: 2^6..2^20, 5 seeds, 50K steps
-  python -m iclscale.analysis.nsweep --workdir runs/nsweep --baselines      # + IW (p=0) / IC (p=1) predictors
-  python -m iclscale.analysis.nsweep --workdir runs/nsweep --seeds 0,1,2,3,4 --shard 0/2   # and --shard 1/2 at once
+  python -m iclscale.studies.nsweep --workdir runs/nsweep                  # quick: N=2^6..2^14, 2 seeds
+  python -m iclscale.studies.nsweep --workdir runs/nsweep --scale full     # paper: 2^6..2^20, 5 seeds, 50K steps
+  python -m iclscale.studies.nsweep --workdir runs/nsweep --baselines      # + IW (p=0) / IC (p=1) predictors
+  python -m iclscale.studies.nsweep --workdir runs/nsweep --seeds 0,1,2,3,4 --shard 0/2   # and --shard 1/2 at once
 
 --seeds replaces the scale's seeds. --shard i/n runs every n-th member (seed-major order) starting at i, so n
 processes can share a sweep; each then aggregates what has finished. Members run seed by seed, so a partial
