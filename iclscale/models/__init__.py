@@ -12,6 +12,7 @@ from iclscale import contracts
 from iclscale.models import decoder
 from iclscale.models import gated
 from iclscale.models import gemma3_lm
+from iclscale.models import precision
 from iclscale.models import transformer
 
 TRANSFORMER_DEFAULTS = dict(
@@ -50,7 +51,7 @@ def build_transformer(cfg, task):
   encoder = None
   if cfg.encoder != "identity":
     from iclscale.models import encoders  # pylint: disable=g-import-not-at-top
-    encoder = encoders.build_encoder(cfg.encoder, cfg.width, **dict(cfg.encoder_kwargs))
+    encoder = encoders.build_encoder(cfg.encoder, cfg.width, dtype=jnp.dtype(cfg.dtype), **dict(cfg.encoder_kwargs))
   module = transformer.ICLTransformer(task.num_classes, cfg.width, cfg.num_layers, cfg.num_heads, cfg.mlp_ratio,
                                       cfg.pos_period, encoder, cfg.label_embed, cfg.label_init_std,
                                       cfg.label_bias)
@@ -59,21 +60,27 @@ def build_transformer(cfg, task):
 
 
 REGISTRY: dict[str, contracts.ModelSpec] = {
-    "transformer": contracts.ModelSpec(TRANSFORMER_DEFAULTS, validate_transformer, build_transformer),
+    # Every model has model.dtype (models/precision.py); gemma3 declares it itself and casts inside its layers.
+    "transformer": contracts.ModelSpec(dict(TRANSFORMER_DEFAULTS, **precision.DEFAULTS), validate_transformer,
+                                       build_transformer),
     # The stylized gated model f = α·g + (1−α)·h of Chan et al. 2024, trained by their Algorithm 1.
-    "gated": contracts.ModelSpec(gated.DEFAULTS, gated.validate, gated.build),
+    "gated": contracts.ModelSpec(dict(gated.DEFAULTS, **precision.DEFAULTS), gated.validate, gated.build),
     # A Llama-style token decoder trained from scratch (Russin et al. 2024's metalearning model).
-    "decoder": contracts.ModelSpec(decoder.DEFAULTS, decoder.validate, decoder.build),
+    "decoder": contracts.ModelSpec(dict(decoder.DEFAULTS, **precision.DEFAULTS), decoder.validate, decoder.build),
     # Gemma 3 as a causal LM scored on answer tokens (pretrained weights loaded, not initialized).
     "gemma3": contracts.ModelSpec(gemma3_lm.DEFAULTS, gemma3_lm.validate, gemma3_lm.build),
 }
+
+
+SELF_CAST = ("gemma3",)  # models whose layers cast their float32 weights to model.dtype themselves
 
 
 def resolve(cfg: ml_collections.ConfigDict, input_shape: tuple[int, ...]) -> ml_collections.FrozenConfigDict:
   config_lib.check("name" in cfg and cfg.name in REGISTRY, "model.name",
                    f"unknown model {cfg.get('name')!r} (known: {', '.join(sorted(REGISTRY))})")
   spec = REGISTRY[cfg.name]
-  full = config_lib.with_defaults(cfg, spec.defaults, "model")
+  full = config_lib.with_defaults(cfg, dict(spec.defaults, **precision.DEFAULTS), "model")  # every model: a dtype
+  config_lib.check_one_of(full, "dtype", "model", precision.DTYPES)
   spec.validate(full, input_shape)
   return full
 
@@ -97,4 +104,5 @@ def build(cfg: ml_collections.FrozenConfigDict, task: contracts.Task, copies: in
   """Builds a model from a resolved config: `copies` vmapped copies when the task trains several
   (tasks.num_copies of its config)."""
   model = REGISTRY[cfg.name].build(cfg, task)
+  model = dataclasses.replace(model, apply=precision.mixed(model.apply, cfg.dtype, cast_inputs=cfg.name not in SELF_CAST))
   return with_copies(model, copies) if copies > 1 else model

@@ -46,6 +46,7 @@ class Block(nn.Module):
         gemma3.RMSNorm(name="norm_attn")(x_BxTxD)).reshape(B, T, 3, H, h)
     q_BxTxHxh = gemma3.apply_rope(qkv_BxTx3xHxh[:, :, 0], pos_BxT, self.rope_base)
     k_BxTxHxh = gemma3.apply_rope(qkv_BxTx3xHxh[:, :, 1], pos_BxT, self.rope_base)
+    # (its softmax runs in float32 whatever the compute dtype: models/precision.py)
     out_BxTxHxh = jax.nn.dot_product_attention(q_BxTxHxh, k_BxTxHxh, qkv_BxTx3xHxh[:, :, 2], is_causal=True)
     x_BxTxD = x_BxTxD + nn.Dense(D, use_bias=False, kernel_init=init_normal, name="out")(out_BxTxHxh.reshape(B, T, D))
     gate_BxTxF, up_BxTxF = jnp.split(nn.Dense(2 * self.ffn_dim, use_bias=False, kernel_init=init_normal,

@@ -80,7 +80,7 @@ class CausalSelfAttention(nn.Module):
     logits_BxHxTxT = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxTxHxK) / jnp.sqrt(D // H).astype(x_BxTxD.dtype)
     causal_TxT = jnp.tril(jnp.ones((T, T), bool))
     logits_BxHxTxT = jnp.where(causal_TxT, logits_BxHxTxT, jnp.finfo(logits_BxHxTxT.dtype).min)
-    attn_BxHxTxT = jax.nn.softmax(logits_BxHxTxT, axis=-1)
+    attn_BxHxTxT = jax.nn.softmax(logits_BxHxTxT.astype(jnp.float32), axis=-1).astype(v_BxTxHxK.dtype)  # f32 softmax
     out_BxTxHxK = jnp.einsum("bhts,bshk->bthk", attn_BxHxTxT, v_BxTxHxK)
     return nn.Dense(D, name="out")(out_BxTxHxK.reshape(B, T, D))
 
@@ -120,7 +120,7 @@ class ICLTransformer(nn.Module):
                               name="label_embed")(ctx_labels_BxL)
     pairs_BxLx2xD = jnp.stack([items_BxSxD[:, :L], labels_BxLxD.astype(items_BxSxD.dtype)], axis=2)
     h_BxTxD = jnp.concatenate([pairs_BxLx2xD.reshape(B, 2 * L, self.width), items_BxSxD[:, L:]], axis=1)
-    h_BxTxD = h_BxTxD + sinusoid(interleave_positions(L), self.width, self.pos_period)[None]
+    h_BxTxD = h_BxTxD + sinusoid(interleave_positions(L), self.width, self.pos_period)[None].astype(h_BxTxD.dtype)
     for i in range(self.num_layers):
       h_BxTxD = Block(self.num_heads, self.mlp_ratio, name=f"block_{i}")(h_BxTxD)
     query_BxD = layer_norm("ln_final")(h_BxTxD[:, -1])
