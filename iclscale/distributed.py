@@ -31,7 +31,8 @@ flags.DEFINE_integer("init_timeout", 300, "Seconds to wait for every process to 
 flags.DEFINE_integer("heartbeat_timeout", 100, "Seconds of silence after which a process is declared dead and "
                      "every other process stops with an error.")
 
-KV_TIMEOUT_MS = 120_000  # agreement steps wait this long for the slowest process (it may still be loading files)
+KV_TIMEOUT_MS = 1_800_000  # agreement steps wait this long for the slowest process (a dead one is caught
+#                            sooner by the heartbeat; a slow one may be compiling on a loaded host)
 
 
 class DistributedError(config_lib.ConfigError):
