@@ -1,6 +1,12 @@
-"""Train (or resume) one run: python main.py [--config=configs/X.py[:arg]] [--workdir=DIR] [--config.a.b=v]."""
+"""Train (or resume) one run: python main.py [--config=configs/X.py[:arg]] [--workdir=DIR] [--config.a.b=v].
+
+Every bad input ends in one line `error: ...` on stderr and a non-zero exit, before anything compiles: a bad flag
+or override, a config file that cannot be loaded, an invalid field, a workdir that cannot be written, a full disk.
+"""
+import errno
 import logging as std_logging
 import os
+import re
 import sys
 import time
 
@@ -15,17 +21,76 @@ from ml_collections import config_flags  # pylint: disable=wrong-import-position
 from iclscale import distributed  # pylint: disable=wrong-import-position  # --coordinator_address etc.
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "chan2024_synthetic.py")
-config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Python config file[:arg]; fields overridable.")
+EXIT_BAD_INPUT = 2   # the run did not start: a flag, config or workdir error
+EXIT_FAILED = 1      # the run started and stopped early (non-finite loss, disk full): re-run to resume
+
+
+def fail(msg: str, code: int = EXIT_BAD_INPUT):
+  """Exits with the one line `error: msg`."""
+  print(f"error: {' '.join(str(msg).split())}", file=sys.stderr)
+  sys.exit(code)
+
+
+def flag_error(e: BaseException, argv: list[str]) -> str:
+  """One line for an exception raised while loading the config file or applying --config.* overrides."""
+  while "Error whilst parsing config file" in str(e) and (e.__cause__ or e.__context__):
+    e = e.__cause__ or e.__context__  # ml_collections wraps what get_config raised (with a traceback as text)
+  lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+  if isinstance(e, (AttributeError, KeyError)):  # ml_collections: an override names a field the config lacks
+    text = str(e)
+    found = re.search(r"'([^'\\]+)", text) or re.search(r"(\w+)", text)
+    key = found.group(1) if found else "?"
+    hint = re.search(r'Did you mean "([^"]+)"', text)
+    names = [a.split("=", 1)[0].lstrip("-") for a in argv if re.match(r"^--?(no)?config\.", a)]
+    name = next((n for n in names if key in n.split(".")), f"config.{key}")
+    return f"--{name}: the config has no field {key!r}" + (f" (did you mean {hint.group(1)!r}?)" if hint else "")
+  if isinstance(e, SyntaxError):
+    return f"--config: syntax error in {e.filename}, line {e.lineno}: {e.msg}"
+  if isinstance(e, OSError) or "Failed loading config file" in str(e):
+    cause = e.__cause__ or e.__context__
+    detail = lines[-1] if lines else type(e).__name__
+    if isinstance(cause, OSError) and cause.strerror:
+      detail = f"{cause.strerror}: {cause.filename}"
+    return f"--config: cannot load the config file ({detail})"
+  if isinstance(e, flags.Error):
+    return lines[0] if lines else type(e).__name__
+  config = next((a.split("=", 1)[1] for a in argv if a.startswith(("--config=", "-config="))), DEFAULT_CONFIG)
+  if isinstance(e, (ValueError, AssertionError)):  # the config's own check of its argument (e.g. the scale)
+    return f"--config={config}: {' '.join(lines) or type(e).__name__}"
+  return f"--config={config}: {type(e).__name__} while building the config: {' '.join(lines) or '(no message)'}"
+
+
+try:  # defining the flag loads the default config with any --config.* overrides on the command line
+  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Python config file[:arg]; fields overridable.")
+except Exception as e:  # pylint: disable=broad-except  # a bad override of the default config
+  fail(flag_error(e, sys.argv))
 flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>[_<arg>]). Re-run to resume.")
 FLAGS = flags.FLAGS
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing with every failure (unknown flag, bad override, unloadable config) as one `error:` line."""
+  try:
+    rest = FLAGS(argv)
+    FLAGS.config.keys()  # a config file that failed to load is an object that raises on first use
+    return rest
+  except Exception as e:  # pylint: disable=broad-except
+    fail(flag_error(e, argv))
 
 
 class _QuietLibraries(std_logging.Filter):
   """Orbax and Grain narrate every save at INFO; keep their warnings and errors only."""
 
   def filter(self, record):
-    return record.levelno >= std_logging.WARNING or not any(
-        f"{os.sep}{lib}{os.sep}" in record.pathname for lib in ("orbax", "grain", "jax"))
+    library = any(f"{os.sep}{lib}{os.sep}" in record.pathname for lib in ("orbax", "grain", "jax"))
+    if library and _disk_full(record):  # Orbax logs each failed writer thread; main() says it in one line
+      return False
+    return record.levelno >= std_logging.WARNING or not library
+
+
+def _disk_full(record) -> bool:
+  text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info and record.exc_info[1] else "")
+  return "No space left on device" in text or "os_error_code='28'" in text
 
 
 def default_workdir() -> str:
@@ -44,11 +109,19 @@ def main(argv):
     distributed.initialize_from_flags()
     distributed.check_same_run(FLAGS.config, workdir)
     out = train.run(FLAGS.config, workdir, start_time=_START)
-  except (config_lib.ConfigError, FloatingPointError) as e:
-    sys.exit(f"error: {e}")
-  print(f"Run stopped at step {out['step']}. Outputs in {os.path.abspath(workdir)}: TensorBoard events, "
-        f"checkpoints/, results.csv, curves.png  (view: tensorboard --logdir {workdir})")
+  except config_lib.ConfigError as e:
+    fail(e)
+  except FloatingPointError as e:
+    fail(e, EXIT_FAILED)
+  except OSError as e:  # unreadable input data, an unwritable workdir, a full disk
+    if e.errno == errno.ENOSPC:
+      print(f"error: no space left on the device while writing {e.filename or workdir}; free space, then re-run "
+            "the same command to resume from the last complete checkpoint", file=sys.stderr, flush=True)
+      os._exit(EXIT_FAILED)  # pylint: disable=protected-access  # Orbax's writer threads cannot finish: skip them
+    fail(f"{e.strerror or e}: {e.filename}" if e.filename else e)
+  print(f"Run stopped at step {out['step']}. Outputs in {os.path.abspath(workdir)}: "
+        f"{', '.join(out['outputs'])}  (view: tensorboard --logdir {workdir})")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

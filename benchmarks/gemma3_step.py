@@ -33,28 +33,18 @@ def peak_rss_gb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is KiB on Linux
 
 
-def main() -> None:
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--batch", type=int, default=4)
-  ap.add_argument("--seq", type=int, default=32)
-  ap.add_argument("--answer", type=int, default=8, help="loss on the last N tokens of each row")
-  ap.add_argument("--steps", type=int, default=5, help="timed steps after the compile step")
-  ap.add_argument("--lr", type=float, default=1e-5)
-  ap.add_argument("--full-logits", action="store_true",
-                  help="compute the head at all positions (slow baseline)")
-  args = ap.parse_args()
-
+def build(batch: int, seq: int, answer: int, lr: float, full_logits: bool):
+  """(jitted donated step, params, opt_state, load seconds) for the real Gemma 3 270M."""
   t0 = time.perf_counter()
   cfg, params_np = load_gemma3()
   params = jax.tree.map(jnp.asarray, params_np)
   del params_np
-  print(f"load: {time.perf_counter() - t0:.1f} s, {sum(x.size for x in jax.tree.leaves(params)):,}"
-        f" params, device {jax.devices()[0].platform}")
+  load_s = time.perf_counter() - t0
 
   model = Gemma3(cfg)
-  opt = optax.adamw(args.lr, weight_decay=0.0)
+  opt = optax.adamw(lr, weight_decay=0.0)
   opt_state = opt.init(params)
-  B, T, A = args.batch, args.seq, args.answer
+  B, T, A = batch, seq, answer
   rng = np.random.default_rng(0)
   tokens_BxT = jnp.asarray(rng.integers(3, cfg.vocab_size, size=(B, T)), dtype=jnp.int32)
   tokens_BxT = tokens_BxT.at[:, 0].set(2)  # BOS
@@ -68,7 +58,7 @@ def main() -> None:
   answer_mask_BxT = jnp.zeros((B, T)).at[:, T - A - 1:T - 1].set(1.0)
 
   def loss_fn(params):
-    if args.full_logits:
+    if full_logits:
       logits_BxTxV = model.apply({"params": params}, tokens_BxT)
       ce_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, next_BxT)
       return (ce_BxT * answer_mask_BxT).sum() / answer_mask_BxT.sum()
@@ -81,6 +71,43 @@ def main() -> None:
     updates, opt_state = opt.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
+  return step, params, opt_state, load_s
+
+
+def measure(seconds: float = 10.0, batch: int = 4, seq: int = 32, answer: int = 8, lr: float = 1e-5,
+            full_logits: bool = False) -> dict:
+  """Steps of the Gemma fine-tuning step for about `seconds` after the compile step (one process)."""
+  step, params, opt_state, load_s = build(batch, seq, answer, lr, full_logits)
+  flops = step.lower(params, opt_state).cost_analysis().get("flops")
+  t0 = time.perf_counter()
+  params, opt_state, loss = step(params, opt_state)
+  loss.block_until_ready()
+  compile_s = time.perf_counter() - t0
+  n, t0 = 0, time.perf_counter()
+  while time.perf_counter() - t0 < seconds:
+    params, opt_state, loss = step(params, opt_state)
+    loss.block_until_ready()
+    n += 1
+  dt = time.perf_counter() - t0
+  return dict(steps_per_s=n / dt, steps=n, timed_s=dt, first_dispatch_s=compile_s, flops_per_step=flops,
+              load_s=load_s, peak_rss_gb=peak_rss_gb())
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--batch", type=int, default=4)
+  ap.add_argument("--seq", type=int, default=32)
+  ap.add_argument("--answer", type=int, default=8, help="loss on the last N tokens of each row")
+  ap.add_argument("--steps", type=int, default=5, help="timed steps after the compile step")
+  ap.add_argument("--lr", type=float, default=1e-5)
+  ap.add_argument("--full-logits", action="store_true",
+                  help="compute the head at all positions (slow baseline)")
+  args = ap.parse_args()
+
+  B, T, A = args.batch, args.seq, args.answer
+  step, params, opt_state, load_s = build(B, T, A, args.lr, args.full_logits)
+  print(f"load: {load_s:.1f} s, {sum(x.size for x in jax.tree.leaves(params)):,}"
+        f" params, device {jax.devices()[0].platform}")
   t0 = time.perf_counter()
   params, opt_state, loss = step(params, opt_state)
   loss.block_until_ready()

@@ -30,6 +30,35 @@ def _time(fn, *args, steps: int):
   return first, (time.perf_counter() - start) / steps
 
 
+def build(width: int, norm: str):
+  model = encoders.build_encoder('resnet', width, norm=norm)
+  # RBG keys compile the initialisers much faster than threefry on CPU.
+  params = jax.jit(model.init)(jax.random.key(0, impl='rbg'), jnp.zeros((1, 28, 28)))
+
+  def loss_fn(p, x_BxTxSxS):
+    return jnp.mean(model.apply(p, x_BxTxSxS) ** 2)
+
+  return model, params, jax.jit(model.apply), jax.jit(jax.value_and_grad(loss_fn))
+
+
+def measure(size: int, batch: int = 32, seq: int = 9, width: int = 64, norm: str = 'none',
+            seconds: float = 5.0) -> dict:
+  """Forward+backward of the encoder on [batch, seq, size, size] images for about `seconds` (one process)."""
+  _, params, _, forward_backward = build(width, norm)
+  x_BxTxSxS = jax.random.uniform(jax.random.key(1), (batch, seq, size, size))
+  start = time.perf_counter()
+  jax.block_until_ready(forward_backward(params, x_BxTxSxS))
+  compile_s = time.perf_counter() - start
+  flops = forward_backward.lower(params, x_BxTxSxS).cost_analysis().get('flops')
+  n, start = 0, time.perf_counter()
+  while time.perf_counter() - start < seconds:
+    jax.block_until_ready(forward_backward(params, x_BxTxSxS))
+    n += 1
+  dt = time.perf_counter() - start
+  return dict(steps_per_s=n / dt, steps=n, timed_s=dt, first_dispatch_s=compile_s, flops_per_step=flops,
+              images_per_s=n * batch * seq / dt)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--sizes', type=int, nargs='+', default=[105, 28])
@@ -40,18 +69,10 @@ def main():
   parser.add_argument('--steps', type=int, default=5)
   args = parser.parse_args()
 
-  model = encoders.build_encoder('resnet', args.width, norm=args.norm)
-  # RBG keys compile the initialisers much faster than threefry on CPU.
-  params = jax.jit(model.init)(jax.random.key(0, impl='rbg'), jnp.zeros((1, 28, 28)))
+  _, params, forward, forward_backward = build(args.width, args.norm)
   print(f'device={jax.devices()[0].platform} ({jax.device_count()}) '
         f'params={encoders.count_params(params)} norm={args.norm} '
         f'batch={args.batch}x{args.seq} images, {args.steps} timed steps')
-
-  def loss_fn(p, x_BxTxSxS):
-    return jnp.mean(model.apply(p, x_BxTxSxS) ** 2)
-
-  forward = jax.jit(model.apply)
-  forward_backward = jax.jit(jax.value_and_grad(loss_fn))
   images_per_step = args.batch * args.seq
   for size in args.sizes:
     x_BxTxSxS = jax.random.uniform(jax.random.key(1), (args.batch, args.seq, size, size))

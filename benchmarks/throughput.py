@@ -5,7 +5,8 @@
 
 "grain" is the real input pipeline (Grain iterator of indices -> global array -> jitted K-step scan that builds
 the sequences on the device); "device" draws the indices inside the scan, the bound the pipeline is compared to.
-Each row times `--seconds` of steady state after a warm-up dispatch (compilation excluded).
+Each row times `--seconds` of steady state after a warm-up dispatch (compilation excluded); the timed span
+includes the wait for the last dispatched chunk. Every benchmark at once, with MFU: python -m benchmarks.all.
 """
 import argparse
 import json
@@ -26,7 +27,14 @@ def measure(config_name: str, pipeline: str, num_devices: int, seconds: float, k
 
 
 def measure_config(config, pipeline: str, num_devices: int, seconds: float, k: int) -> dict:
-  """Steady-state steps/s of `config`'s training chunk (compilation excluded)."""
+  """Steady-state steps/s of `config`'s training chunk (compilation excluded) and its FLOPs per step.
+
+  The timed span ends when the last dispatched chunk has finished (block_until_ready), and at most
+  MAX_IN_FLIGHT chunks are queued, so the span is close to `seconds` instead of draining a long queue after the
+  clock stops. FLOPs per step are XLA's cost analysis of a 1-step chunk (XLA counts a scan body once, whatever
+  the trip count, so the K-step chunk cannot be used).
+  """
+  import collections  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from iclscale import mesh as mesh_lib, models, pipeline as pipe, tasks, train  # pylint: disable=g-import-not-at-top
   config.data.pipeline = pipeline
@@ -35,9 +43,12 @@ def measure_config(config, pipeline: str, num_devices: int, seconds: float, k: i
   config.train.num_steps = 10**7 // k * k
   config.train.log_every = config.checkpoint.every = config.eval_every = k * 1000
   cfg = train.resolve(config)
+  config.train.steps_per_dispatch = 1
+  cfg1 = train.resolve(config)
   mesh = mesh_lib.make_mesh(cfg.mesh)
   with jax.set_mesh(mesh):
     task = tasks.build(cfg.task, cfg.seed)
+    task.arrays = jax.tree.map(lambda x: jax.device_put(x, mesh_lib.replicated(mesh)), task.arrays)
     model = models.build(cfg.model, task)
     state, tx, _ = train.init_state(cfg, task, model, mesh)
     chunk = train.make_train_chunk(cfg, task, model, tx, mesh)
@@ -45,29 +56,36 @@ def measure_config(config, pipeline: str, num_devices: int, seconds: float, k: i
     if pipeline == "grain":
       it = pipe.make_iterator(cfg.seed, task.dataset_size, cfg.train.batch_size, k, cfg.train.num_steps,
                               mesh_lib.host_rows(cfg.train.batch_size, mesh), cfg.data.prefetch)
-    sharding = jax.sharding.NamedSharding(mesh, mesh_lib.batch_spec(2, batch_dim=1))
+    idx_shape = (k,) + pipe.index_shape(task.dataset_size, cfg.train.batch_size)
+    sharding = jax.sharding.NamedSharding(mesh, mesh_lib.batch_spec(len(idx_shape), batch_dim=1))
+    one = train.make_train_chunk(cfg1, task, model, tx, mesh)
+    idx1 = None if it is None else jax.ShapeDtypeStruct((1,) + idx_shape[1:], jax.numpy.uint32, sharding=sharding)
+    flops = one.lower(state, task.arrays, idx1).cost_analysis().get("flops")
     # Many simulated CPU devices can deadlock in all-reduce when the host runs far ahead: wait per dispatch there.
-    sync = num_devices > 1
+    in_flight = 1 if num_devices > 1 else MAX_IN_FLIGHT
 
     def step(state):
-      idx = None if it is None else mesh_lib.to_global(next(it), sharding, (k, cfg.train.batch_size))
-      state = chunk(state, task.arrays, idx)
-      if sync:
-        jax.block_until_ready(state["step"])
-      return state
+      idx = None if it is None else mesh_lib.to_global(next(it), sharding, idx_shape)
+      return chunk(state, task.arrays, idx)
 
     t0 = time.perf_counter()
     state = step(state)
     jax.block_until_ready(state)
     compile_s = time.perf_counter() - t0
-    n, t0 = 0, time.perf_counter()
+    n, queue, t0 = 0, collections.deque(), time.perf_counter()
     while time.perf_counter() - t0 < seconds:
       state = step(state)
+      queue.append(state["step"] + 0)  # a marker that outlives the donated state
+      if len(queue) > in_flight:
+        queue.popleft().block_until_ready()
       n += 1
     jax.block_until_ready(state)
     dt = time.perf_counter() - t0
-  return dict(pipeline=pipeline, devices=num_devices, k=k, steps_per_s=n * k / dt,
-              first_dispatch_s=compile_s)
+  return dict(pipeline=pipeline, devices=num_devices, k=k, steps_per_s=n * k / dt, steps=n * k, timed_s=dt,
+              first_dispatch_s=compile_s, flops_per_step=flops)
+
+
+MAX_IN_FLIGHT = 2  # chunks queued ahead of the device while timing: enough to hide the host, bounded to drain
 
 
 def startup_and_memory() -> dict:

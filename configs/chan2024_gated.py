@@ -9,16 +9,18 @@ one. Every group has its own no-regret learner (iclscale/learners.py).
   python main.py --config=configs/chan2024_gated.py:tiny      # seconds, for tests and smoke runs
   # upstream's end-to-end variant: --config.model.mode=end_to_end --config.optim.name=adam --config.optim.lr=3e-4
   #   (with --config.model.alpha=mlp --config.model.g=mlp for upstream's exact model)
-  # the N/σ/p_high study with theory side by side: python -m iclscale.analysis.gated_study --workdir=runs/gated_study
+  # the N/σ/p_high study with theory side by side: python -m iclscale.studies.gated_study --workdir=runs/gated_study
 """
 import ml_collections
 
+from configs import common
+
+
+ARGS = ("tiny", "quick", "full")   # the arguments get_config accepts (configs/X.py:<arg>)
 
 def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
-  scale = arg or "quick"
-  assert scale in ("tiny", "quick", "full"), f"unknown scale {scale!r}: use tiny, quick or full"
-  c = ml_collections.ConfigDict()
-  c.seed = 0                            # seeds the data (prototypes, sequences) and the initialization
+  scale = common.pick_scale(arg, ARGS, "quick")
+  c = common.base()                     # seed, data, mesh, checkpoint and report blocks
 
   c.task = ml_collections.ConfigDict()
   c.task.name = "stylized"              # the Chan et al. 2024 distribution (iclscale/tasks/stylized.py)
@@ -67,21 +69,12 @@ def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
   c.train.steps_per_dispatch = 64       # K rounds per jitted scan (N = 2^6 is the smallest study size)
   c.train.log_every = {"tiny": 64, "quick": 1024, "full": 2**14}[scale]       # online loss/accuracy of f
 
-  c.data = ml_collections.ConfigDict()
   c.data.pipeline = "device"            # indices t on the device: streaming needs no host sampler
-  c.data.prefetch = 4                   # unused by the device pipeline
 
-  c.mesh = ml_collections.ConfigDict()
   c.mesh.num_devices = 1                # batch 1 cannot be split
-  c.mesh.data = -1                      # the one device
-  c.mesh.fsdp = 1                       # no parameter sharding
-  c.mesh.model = 1                      # no tensor parallelism
 
-  c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = {"tiny": 128, "quick": 2**12, "full": 2**16}[scale]   # interval checkpoints
   c.checkpoint.keep = 2                 # interval checkpoints kept (milestones are always kept)
-  c.checkpoint.per_decade = 4           # log-spaced milestones: α and the errors against N on a log axis
-  c.checkpoint.async_save = True        # save in the background
 
   c.eval_every = {"tiny": 128, "quick": 2**12, "full": 2**16}[scale]   # evaluator sweeps (plus every milestone)
   c.evals = ml_collections.ConfigDict()
@@ -89,6 +82,4 @@ def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
       type="gated_heads", sets="grid",  # error/ce of f, g_* and h_* of the heads, and mean α per set
       num_examples={"tiny": 100, "quick": 1000, "full": 1000}[scale],
       batch_size={"tiny": 100, "quick": 1000, "full": 1000}[scale])
-  c.report_every_secs = 30.0            # steps/s and ETA (CLU ReportProgress)
-  c.plot = True                         # write curves.png at the end of the run
-  return c
+  return common.complete(c)

@@ -1,7 +1,7 @@
 """Chan et al. 2024's Omniglot variant: the stylized distribution with one fixed Omniglot image per class.
 
 |C_H| = 20 common and |C_L| = 1603 rare characters, one image per class plus pixel noise σ, L = 2, the 2-layer
-transformer with a jointly trained ResNet tokenizer, warmup + inverse-sqrt learning rate (reference §9).
+transformer with a jointly trained ResNet tokenizer, warmup + inverse-sqrt learning rate (upstream chanb/simple_icl, cc_utils/templates/omniglot-*.json).
 
   python main.py --config=configs/chan2024_omniglot.py            # N = 1e4, 100K steps (accelerator scale)
   python main.py --config=configs/chan2024_omniglot.py:tiny       # seconds, for smoke tests
@@ -9,11 +9,13 @@ transformer with a jointly trained ResNet tokenizer, warmup + inverse-sqrt learn
 import ml_collections
 
 from configs import chan2024_synthetic
+from configs import common
 
+
+ARGS = ("tiny", "full")   # the arguments get_config accepts (configs/X.py:<arg>)
 
 def get_config(arg: str = "full") -> ml_collections.ConfigDict:
-  scale = arg or "full"
-  assert scale in ("tiny", "full"), f"unknown scale {scale!r}: use tiny or full"
+  scale = common.pick_scale(arg, ARGS, "full")
   tiny = scale == "tiny"
   c = chan2024_synthetic.get_config("tiny" if tiny else "full")
   c.task = ml_collections.ConfigDict()
@@ -40,4 +42,4 @@ def get_config(arg: str = "full") -> ml_collections.ConfigDict:
   c.eval_every = 100 if tiny else 5000           # IBD/OOBD grid sweeps (plus milestones)
   c.evals.grid = dict(type="query_classification", sets="grid",
                       num_examples=64 if tiny else 1000, batch_size=64 if tiny else 200)
-  return c
+  return common.complete(c)

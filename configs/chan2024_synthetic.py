@@ -6,12 +6,14 @@
 """
 import ml_collections
 
+from configs import common
+
+
+ARGS = ("tiny", "quick", "full")   # the arguments get_config accepts (configs/X.py:<arg>)
 
 def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
-  scale = arg or "quick"
-  assert scale in ("tiny", "quick", "full"), f"unknown scale {scale!r}: use tiny, quick or full"
-  c = ml_collections.ConfigDict()
-  c.seed = 0                            # seeds the data (prototypes, sequences, sampler) and the initialization
+  scale = common.pick_scale(arg, ARGS, "quick")
+  c = common.base()                     # seed, data, mesh, checkpoint and report blocks
 
   c.task = ml_collections.ConfigDict()
   c.task.name = "stylized"              # the Chan et al. 2024 distribution (iclscale/tasks/stylized.py)
@@ -34,6 +36,9 @@ def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
   c.model.mlp_ratio = 4                 # MLP 256, GELU
   c.model.pos_period = 30.0             # sinusoidal positions with period base 30
   c.model.encoder = "identity"          # the input tokenizer is a frozen identity: raw x enters the stream
+  c.model.label_embed = "dense_lecun"   # labels: Dense on one-hots, lecun_normal kernel (upstream); truncnorm|normal
+  c.model.label_init_std = 0.0          # label kernel std; 0 = 1/sqrt(classes), lecun_normal's
+  c.model.label_bias = True             # trainable label bias, as upstream's Dense
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adam"                 # Adam, optax defaults, no decay, no clipping (as upstream)
@@ -46,21 +51,9 @@ def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
   c.train.steps_per_dispatch = {"tiny": 10, "quick": 50, "full": 50}[scale]    # K steps per jitted scan
   c.train.log_every = {"tiny": 50, "quick": 1000, "full": 1000}[scale]         # train-metric cadence
 
-  c.data = ml_collections.ConfigDict()
-  c.data.pipeline = "grain"             # Grain yields indices, the device builds the sequences
-  c.data.prefetch = 4                   # chunks of K steps buffered ahead
-
-  c.mesh = ml_collections.ConfigDict()
   c.mesh.num_devices = 1 if scale != "full" else 0   # a 2-layer model is fastest on one device; 0 = all
-  c.mesh.data = -1                      # data-parallel axis takes the devices
-  c.mesh.fsdp = 1                       # no parameter sharding for a 100K-parameter model
-  c.mesh.model = 1                      # no tensor parallelism
 
-  c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = {"tiny": 100, "quick": 5000, "full": 10_000}[scale]   # interval checkpoints
-  c.checkpoint.keep = 3                 # interval checkpoints kept (milestones are always kept)
-  c.checkpoint.per_decade = 4           # log-spaced milestone checkpoints/evals per power of ten
-  c.checkpoint.async_save = True        # save in the background
 
   c.eval_every = {"tiny": 100, "quick": 2500, "full": 5000}[scale]   # evaluator sweeps (plus every milestone)
   c.evals = ml_collections.ConfigDict()
@@ -68,6 +61,4 @@ def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
       type="query_classification", sets="grid",
       num_examples={"tiny": 128, "quick": 1000, "full": 1000}[scale],
       batch_size={"tiny": 128, "quick": 1000, "full": 1000}[scale])
-  c.report_every_secs = 30.0            # steps/s and ETA (CLU ReportProgress)
-  c.plot = True                         # write curves.png at the end of the run
-  return c
+  return common.complete(c)

@@ -1,23 +1,25 @@
-"""Does memorizing facts in the weights overwrite in-context answering? Gemma 3 270M (Chan et al. 2024 §12).
+"""Does memorizing facts in the weights overwrite in-context answering? Gemma 3 270M (Chan et al. 2024's LLM experiment).
 
   python main.py --config=configs/gemma_finetune.py           # full AdamW, 150 steps: <= 15 min on a 2-core CPU
   python main.py --config=configs/gemma_finetune.py:lora      # LoRA rank 8 on every projection, base frozen
   python main.py --config=configs/gemma_finetune.py:tiny      # tiny random Gemma, byte tokens: seconds (tests)
 
-The probes (iclscale/fact_probes.py) run on the base model (step 0) and then at log-spaced steps; the figure
+The probes (iclscale/evaluators/fact_probes.py) run on the base model (step 0) and then at log-spaced steps; the figure
 facts_probes.png plots in-context vs in-weight answering against the fine-tuning step.
 """
 import ml_collections
 
+from configs import common
+
 from iclscale.models.gemma3_lm import BASE_PARAMS
 
 
+ARGS = ("full", "lora", "tiny")   # the arguments get_config accepts (configs/X.py:<arg>)
+
 def get_config(arg: str = "full") -> ml_collections.ConfigDict:
-  variant = arg or "full"
-  assert variant in ("tiny", "full", "lora"), f"unknown variant {variant!r}: use full, lora or tiny"
+  variant = common.pick_scale(arg, ARGS, "full")
   tiny = variant == "tiny"
-  c = ml_collections.ConfigDict()
-  c.seed = 0                            # seeds the name -> city assignment, the sampler and LoRA's init
+  c = common.base()                     # seed, data, mesh, checkpoint and report blocks
 
   c.task = ml_collections.ConfigDict()
   c.task.name = "facts"                 # iclscale/tasks/facts.py
@@ -38,7 +40,7 @@ def get_config(arg: str = "full") -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adamw"                # full AdamW; loss on answer tokens only (the model's loss)
   c.optim.lr = {"tiny": 1e-3, "full": 3e-5, "lora": 3e-4}[variant]   # measured: all 24 facts memorized (greedy) by step 50
-  c.optim.schedule = "constant"         # constant, as the reference's fine-tuning
+  c.optim.schedule = "constant"         # constant, as the authors' prototype (chanb/simple_icl fine_tuning_tutorial.ipynb)
   c.optim.weight_decay = 0.0            # no decay: drift from the base model is what is measured
   c.optim.grad_clip = 1.0               # guards the first steps on a pretrained model
   c.optim.frozen = BASE_PARAMS if variant == "lora" else ""   # LoRA: every non-LoRA parameter frozen
@@ -50,25 +52,16 @@ def get_config(arg: str = "full") -> ml_collections.ConfigDict:
   c.train.log_every = 5 if tiny else 10             # train-metric cadence
   c.train.eval_at_start = True          # probe the base model (step 0)
 
-  c.data = ml_collections.ConfigDict()
-  c.data.pipeline = "grain"             # Grain yields fact indices, drawn uniformly with replacement
   c.data.prefetch = 2                   # chunks buffered ahead
 
-  c.mesh = ml_collections.ConfigDict()
   c.mesh.num_devices = 0                # all devices; parameters shard over fsdp / model when those are > 1
-  c.mesh.data = -1                      # data-parallel axis takes the devices the others leave
-  c.mesh.fsdp = 1                       # > 1 on a TPU slice: shard the 270M weights and Adam state over it
-  c.mesh.model = 1                      # > 1: tensor-parallel vocabulary / heads / ffn (gemma3 partition rules)
 
-  c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = 0                # no interval checkpoints: each is ~3.2 GB (params + Adam moments)
   c.checkpoint.keep = 1                 # keep the latest only
   c.checkpoint.per_decade = 1           # milestones (kept, and probed) at steps 5, 10, 100; the last step is saved
-  c.checkpoint.async_save = True        # save in the background
 
   c.eval_every = 10 if tiny else 25     # probe sweeps, plus step 0, the milestones and the last step
   c.evals = ml_collections.ConfigDict()
   c.evals.probes = dict(type="fact_probes", batch_size=8)   # in-weight / in-context probes, 8 sequences a pass
   c.report_every_secs = 60.0            # steps/s and ETA (CLU ReportProgress)
-  c.plot = True                         # curves.png and facts_probes.png at the end of the run
-  return c
+  return common.complete(c)

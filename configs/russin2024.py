@@ -5,7 +5,7 @@
   python main.py --config=configs/russin2024.py:category,rotated      # category task, 45°-rotated boundary
   python main.py --config=configs/russin2024.py:grid,finetune --config.model.init_from=runs/russin2024_grid
         # IWL: finetune one copy per held-out episode from the metalearned weights ('' = IWL only, from scratch)
-  python -m iclscale.analysis.russin_study --task grid                # every condition + the results table
+  python -m iclscale.studies.russin_study --task grid                # every condition + the results table
 
 The arg is a comma list: the task (grid | category), then any of: a scale (tiny | cpu | full; default cpu),
 `rotated`, `finetune`. The few-shot evaluator reports test-item accuracy on held-out episodes under every
@@ -13,9 +13,11 @@ curriculum (ICL); in finetune mode the evaluator follows the copies' study reten
 """
 import ml_collections
 
+from configs import common
+
 # Per task and scale: model (layers, heads, width, ffn), metalearning (steps, batch, lr, train episodes, eval
 # cadence), finetuning (steps per block, batch per copy, lr), held-out episodes (test) and finetuned copies.
-# full = the reference (§4-§6); cpu = the largest setting measured to finish in about an hour on a 2-core CPU
+# full = upstream's (jlrussin/icl-iwl-interplay, scripts/); cpu = the largest setting measured to finish in about an hour on a 2-core CPU
 # (README); tiny = seconds, for tests.
 SCALES = {
     ("grid", "full"): dict(layers=12, heads=8, width=64, ffn=128, steps=585_000, batch=256, lr=1e-3,
@@ -36,18 +38,23 @@ SCALES = {
 }
 
 
+# the arguments get_config accepts (configs/russin2024.py:<arg>): every task x scale x mode
+ARGS = tuple(f"{t},{s}{m}" for t in ("grid", "category") for s in ("tiny", "cpu", "full")
+             for m in ("", ",rotated", ",finetune", ",rotated,finetune"))
+
 def get_config(arg: str = "grid") -> ml_collections.ConfigDict:
   words = [w for w in (arg or "grid").split(",") if w]
   task, rest = words[0], set(words[1:])
-  assert task in ("grid", "category"), f"first word must be grid or category, got {task!r}"
+  if task not in ("grid", "category"):
+    raise ValueError(f"the first word must be grid or category, got {task!r}")
   unknown = rest - {"tiny", "cpu", "full", "rotated", "finetune"}
-  assert not unknown, f"unknown words {sorted(unknown)}: use tiny|cpu|full, rotated, finetune"
+  if unknown:
+    raise ValueError(f"unknown words {sorted(unknown)}: use tiny|cpu|full, rotated, finetune")
   scale = next((w for w in ("tiny", "full") if w in rest), "cpu")
   s = SCALES[(task, scale)]
   finetune = "finetune" in rest
 
-  c = ml_collections.ConfigDict()
-  c.seed = 0                            # seeds the episode split, every episode's layout, init and sampler
+  c = common.base()                     # seed, data, mesh, checkpoint and report blocks
 
   c.task = ml_collections.ConfigDict()
   c.task.name = f"russin_{task}"        # iclscale/tasks/grid.py | category.py (shared: tasks/episodes.py)
@@ -87,21 +94,11 @@ def get_config(arg: str = "grid") -> ml_collections.ConfigDict:
   c.train.log_every = s["block_steps"] if finetune else s["eval_every"]   # train-metric cadence
   c.train.eval_at_start = finetune      # finetune: step 0 = few-shot accuracy before any IWL (the ICL measure)
 
-  c.data = ml_collections.ConfigDict()
-  c.data.pipeline = "grain"             # Grain yields sample indices; sequences are built on the device
-  c.data.prefetch = 4
-
-  c.mesh = ml_collections.ConfigDict()
   c.mesh.num_devices = 1 if finetune else 0   # finetune copies are tiny and their batch rows few: one device
-  c.mesh.data = -1                      # data parallel over them
-  c.mesh.fsdp = 1                       # the model is tiny: no parameter sharding
-  c.mesh.model = 1
 
-  c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = 0 if finetune else 5 * s["eval_every"]   # finetune runs are short: the last step suffices
   c.checkpoint.keep = 2                 # latest checkpoints kept (plus milestones)
   c.checkpoint.per_decade = 0 if finetune else 1   # log-spaced milestone checkpoints per decade
-  c.checkpoint.async_save = True
 
   # finetune: evaluate at every block boundary (and every 20 steps at full scale, as upstream)
   c.eval_every = (20 if scale == "full" else max(5, s["block_steps"] // 5)) if finetune else s["eval_every"]
@@ -109,5 +106,4 @@ def get_config(arg: str = "grid") -> ml_collections.ConfigDict:
   c.evals.heldout = dict(type="episode_accuracy", sets="episodes" if finetune else "fewshot",
                          batch_size=250)   # held-out episodes: test-item (ICL) and study-item accuracy
   c.report_every_secs = 60.0            # steps/s and ETA
-  c.plot = True                         # curves.png at the end
-  return c
+  return common.complete(c)

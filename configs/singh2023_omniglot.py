@@ -1,6 +1,6 @@
 """Singh et al. 2023 (transient ICL): bursty Omniglot sequences, a jointly trained ResNet, the 12-layer model.
 
-Chan et al. 2022's generator and DeepMind defaults (reference singh2023.md §2): 1623 classes (1603 rare, 10 common,
+Chan et al. 2022's generator and DeepMind defaults (google-deepmind/emergent_in_context_learning, datasets/data_generators.py): 1623 classes (1603 rare, 10 common,
 10 holdout by the fixed permutation), all 20 exemplars, p_bursty 0.9, 3 shots x 2 ways, 8 context pairs; ICL =
 few-shot holdout (2-way 4-shot, relabeled 0/1), IWL = no support. Adam with DeepMind's linear warmup + 1/sqrt decay.
 
@@ -11,15 +11,16 @@ few-shot holdout (2-way 4-shot, relabeled 0/1), IWL = no support. Adam with Deep
 """
 import ml_collections
 
+from configs import common
 from configs import stylized_12layer
 
 
+ARGS = ("tiny", "local", "small", "full")   # the arguments get_config accepts (configs/X.py:<arg>)
+
 def get_config(arg: str = "small") -> ml_collections.ConfigDict:
-  scale = arg or "small"
-  assert scale in ("tiny", "local", "small", "full"), f"unknown scale {scale!r}: use tiny, local, small or full"
+  scale = common.pick_scale(arg, ARGS, "small")
   pick = lambda **v: v[scale]  # noqa: E731  one value per scale
-  c = ml_collections.ConfigDict()
-  c.seed = 0                            # seeds the sequences, the evaluation sets and the initialization
+  c = common.base()                     # seed, data, mesh, checkpoint and report blocks
 
   c.task = ml_collections.ConfigDict()
   c.task.name = "bursty"                # iclscale/tasks/bursty.py
@@ -58,21 +59,10 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
   c.train.steps_per_dispatch = pick(tiny=10, local=50, small=100, full=100)       # K steps per jitted scan
   c.train.log_every = pick(tiny=10, local=500, small=1000, full=10_000)           # train-metric cadence
 
-  c.data = ml_collections.ConfigDict()
-  c.data.pipeline = "grain"             # Grain yields indices, the device builds the sequences
-  c.data.prefetch = 4                   # chunks of K steps buffered ahead
-
-  c.mesh = ml_collections.ConfigDict()
   c.mesh.num_devices = 1 if scale in ("tiny", "local") else 0   # 0 = all devices
-  c.mesh.data = -1                      # data-parallel axis takes the devices
-  c.mesh.fsdp = 1                       # a ~1M-parameter model needs no sharding
-  c.mesh.model = 1                      # no tensor parallelism
 
-  c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = pick(tiny=10, local=1000, small=20_000, full=500_000)      # interval checkpoints
   c.checkpoint.keep = 2                 # interval checkpoints kept (milestones are always kept)
-  c.checkpoint.per_decade = 4           # log-spaced milestone checkpoints/evals: dense early, sparse late
-  c.checkpoint.async_save = True        # save in the background
 
   c.eval_every = pick(tiny=10, local=500, small=5000, full=250_000)   # ICL/IWL sweeps (plus every milestone)
   c.evals = ml_collections.ConfigDict()
@@ -81,5 +71,4 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
       num_examples=pick(tiny=16, local=256, small=1024, full=2048),
       batch_size=pick(tiny=16, local=128, small=256, full=256))   # images: memory bound per forward pass
   c.report_every_secs = 60.0            # steps/s and ETA (CLU ReportProgress)
-  c.plot = True                         # write curves.png at the end of the run
-  return c
+  return common.complete(c)

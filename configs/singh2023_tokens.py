@@ -1,6 +1,6 @@
 """Singh et al. 2023 §4.3: bursty sequences over token-embedding classes with the 12-layer model.
 
-The icl-dynamics LLaMa runs (reference singh2023.md §3-4): 1600 classes x 10 exemplars (k-means clusters of an
+The icl-dynamics LLaMa runs (aadityasingh/icl-dynamics, llama_sweep_example.py): 1600 classes x 10 exemplars (k-means clusters of an
 embedding table; here Gemma 3 270M's, see iclscale/datasets/token_embeddings.py), every sequence bursty (3 + 3 of two
 classes + 2 iid), a linear input projection 640 -> 64 with bias, Adam at a constant 3e-4, batch 32, 2e6 steps.
 ICL = 2-way 4-shot on holdout classes relabeled 0/1; IWL = no support.
@@ -12,15 +12,16 @@ ICL = 2-way 4-shot on holdout classes relabeled 0/1; IWL = no support.
 """
 import ml_collections
 
+from configs import common
 from configs import stylized_12layer
 
 
+ARGS = ("tiny", "local", "full")   # the arguments get_config accepts (configs/X.py:<arg>)
+
 def get_config(arg: str = "full") -> ml_collections.ConfigDict:
-  scale = arg or "full"
-  assert scale in ("tiny", "local", "full"), f"unknown scale {scale!r}: use tiny, local or full"
+  scale = common.pick_scale(arg, ARGS, "full")
   pick = lambda **v: v[scale]  # noqa: E731  one value per scale
-  c = ml_collections.ConfigDict()
-  c.seed = 0                            # seeds the sequences, the evaluation sets and the initialization
+  c = common.base()                     # seed, data, mesh, checkpoint and report blocks
 
   c.task = ml_collections.ConfigDict()
   c.task.name = "bursty"                # iclscale/tasks/bursty.py
@@ -59,21 +60,10 @@ def get_config(arg: str = "full") -> ml_collections.ConfigDict:
   c.train.steps_per_dispatch = pick(tiny=10, local=100, full=100)   # K steps per jitted scan
   c.train.log_every = pick(tiny=10, local=1000, full=3100)          # train-metric cadence
 
-  c.data = ml_collections.ConfigDict()
-  c.data.pipeline = "grain"             # Grain yields indices, the device builds the sequences
-  c.data.prefetch = 4                   # chunks of K steps buffered ahead
-
-  c.mesh = ml_collections.ConfigDict()
   c.mesh.num_devices = 1 if scale != "full" else 0   # 0 = all devices
-  c.mesh.data = -1                      # data-parallel axis takes the devices
-  c.mesh.fsdp = 1                       # no parameter sharding
-  c.mesh.model = 1                      # no tensor parallelism
 
-  c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = pick(tiny=10, local=5000, full=100_000)      # interval checkpoints
   c.checkpoint.keep = 2                 # interval checkpoints kept (milestones are always kept)
-  c.checkpoint.per_decade = 4           # log-spaced milestones
-  c.checkpoint.async_save = True        # save in the background
 
   c.eval_every = pick(tiny=10, local=1000, full=3100)   # upstream: every 1e5 sequences = 3.1K steps
   c.evals = ml_collections.ConfigDict()
@@ -82,5 +72,4 @@ def get_config(arg: str = "full") -> ml_collections.ConfigDict:
       num_examples=pick(tiny=16, local=1024, full=1024),   # upstream eval_iters 1000, rounded to divide by 8 devices
       batch_size=pick(tiny=16, local=512, full=512))
   c.report_every_secs = 60.0            # steps/s and ETA (CLU ReportProgress)
-  c.plot = True                         # write curves.png at the end of the run
-  return c
+  return common.complete(c)

@@ -9,6 +9,7 @@ study's model (~2 GFLOP/step at batch 32). Later studies reuse `model_config()`.
 import ml_collections
 
 from configs import chan2024_synthetic
+from configs import common
 
 
 def model_config() -> ml_collections.ConfigDict:
@@ -23,8 +24,10 @@ def model_config() -> ml_collections.ConfigDict:
   return m
 
 
+ARGS = ("tiny", "quick")   # the arguments get_config accepts (configs/X.py:<arg>)
+
 def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
-  scale = arg or "quick"
+  scale = common.pick_scale(arg, ARGS, "quick")
   c = chan2024_synthetic.get_config("tiny" if scale == "tiny" else "quick")
   c.model = model_config()
   c.task.context_len = 8                  # 8 context pairs + query = 17 tokens
@@ -34,4 +37,4 @@ def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
   c.train.log_every = {"tiny": 50, "quick": 500}[scale]           # train-metric cadence
   c.checkpoint.every = {"tiny": 50, "quick": 1000}[scale]         # interval checkpoints
   c.eval_every = {"tiny": 50, "quick": 1000}[scale]               # evaluator sweeps
-  return c
+  return common.complete(c)

@@ -1,6 +1,6 @@
 """The cheapest setting found that shows ICL emerging and then fading on a 2-core CPU within about an hour.
 
-Singh et al.'s coopetition recipe (reference singh2023.md §7) scaled down: a 2-layer transformer, a context of 2
+Singh et al.'s coopetition recipe (aadityasingh/icl-dynamics, coopetition_paper_sweep.py) scaled down: a 2-layer transformer, a context of 2
 (one item of the query class and one distractor: bursty_shots=1, ways=2), many classes with few exemplars, fixed
 random class vectors seen through a linear encoder, Adam at a constant learning rate. Few-shot evaluation uses the
 same context of 2 (one shot per way), relabeled 0/1.
@@ -20,13 +20,15 @@ crosses 0.5 at 20K and reaches 1.0.
 """
 import ml_collections
 
+from configs import common
+
+
+ARGS = ("tiny", "local")   # the arguments get_config accepts (configs/X.py:<arg>)
 
 def get_config(arg: str = "local") -> ml_collections.ConfigDict:
-  scale = arg or "local"
-  assert scale in ("tiny", "local"), f"unknown scale {scale!r}: use tiny or local"
+  scale = common.pick_scale(arg, ARGS, "local")
   tiny = scale == "tiny"
-  c = ml_collections.ConfigDict()
-  c.seed = 0                            # seeds the sequences, the evaluation sets and the initialization
+  c = common.base()                     # seed, data, mesh, checkpoint and report blocks
 
   c.task = ml_collections.ConfigDict()
   c.task.name = "bursty"                # iclscale/tasks/bursty.py
@@ -69,21 +71,13 @@ def get_config(arg: str = "local") -> ml_collections.ConfigDict:
   c.train.steps_per_dispatch = 10 if tiny else 100  # K steps per jitted scan
   c.train.log_every = 100 if tiny else 2500        # train-metric cadence
 
-  c.data = ml_collections.ConfigDict()
   c.data.pipeline = "device"            # indices drawn on the device: no host round trip for a tiny model
-  c.data.prefetch = 4                   # unused by the device pipeline
 
-  c.mesh = ml_collections.ConfigDict()
   c.mesh.num_devices = 1                # a 2-layer model is fastest on one device
-  c.mesh.data = -1                      # data-parallel axis takes the devices
-  c.mesh.fsdp = 1                       # no parameter sharding
-  c.mesh.model = 1                      # no tensor parallelism
 
-  c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = 100 if tiny else 50_000     # interval checkpoints
   c.checkpoint.keep = 2                 # interval checkpoints kept
   c.checkpoint.per_decade = 0           # no milestone checkpoints: evaluation cadence below is enough
-  c.checkpoint.async_save = True        # save in the background
 
   c.eval_every = 100 if tiny else 2500  # ICL/IWL sweeps
   c.evals = ml_collections.ConfigDict()
@@ -92,5 +86,4 @@ def get_config(arg: str = "local") -> ml_collections.ConfigDict:
       num_examples=64 if tiny else 1024,
       batch_size=64 if tiny else 1024)
   c.report_every_secs = 60.0            # steps/s and ETA (CLU ReportProgress)
-  c.plot = True                         # write curves.png at the end of the run
-  return c
+  return common.complete(c)

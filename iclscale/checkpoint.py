@@ -3,17 +3,25 @@
 Milestones are log-spaced on an absolute grid (`per_decade` points per power of ten), not relative to the run's
 length, so extending a run keeps every milestone already written: transience analysis needs dense early and
 sparse late checkpoints, and they must survive the run being continued.
+
+A checkpoint is used only if it is whole: readable, with a Grain iterator position that agrees with its step, and
+with array contents that match the digest computed when it was saved (Orbax stores no checksums of array data).
+A corrupt one is set aside in checkpoints_corrupt/ and the previous one is tried. A readable checkpoint whose
+arrays do not fit this config's state (another model or optimizer) is never moved: the run is refused.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import shutil
+import time
 from typing import Any
 
 import grain
 import jax
+import jax.numpy as jnp
 from etils import epath
 import numpy as np
 import orbax.checkpoint as ocp
@@ -28,6 +36,44 @@ DEFAULTS = dict(
     per_decade=4,        # log-spaced milestones per power of ten of steps (0 = none)
     async_save=True,     # write in a background thread; the loop only waits for the device->host copy
 )
+
+
+def validate(cfg) -> None:
+  for f in ("every", "per_decade"):
+    config_lib.check(isinstance(cfg[f], int) and cfg[f] >= 0, f"checkpoint.{f}", f"must be an int >= 0, got {cfg[f]!r}")
+  config_lib.check(isinstance(cfg.keep, int) and cfg.keep > 0, "checkpoint.keep", f"must be an int > 0, got {cfg.keep!r}")
+
+
+def leaf_name(path: tuple) -> str:
+  """A pytree path as Orbax names the stored array ('opt_state.0.mu.w')."""
+  return ".".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
+@jax.jit
+def _digest_leaves(tree: Any) -> list[jax.Array]:
+  """Per leaf: sum_i bits_i * (2i + 1) * 0x9E3779B1 mod 2^32 over the leaf's raw bits. The weights are odd, so
+  flipping any one bit (or any bits of one element) always changes the sum."""
+  out = []
+  for x in jax.tree.leaves(tree):
+    x = x.reshape(-1)
+    if x.dtype == jnp.bool_:
+      bits = x.astype(jnp.uint32)
+    else:
+      width = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
+      bits = jax.lax.bitcast_convert_type(x, width).astype(jnp.uint32)
+    weights = (2 * jnp.arange(bits.size, dtype=jnp.uint32) + 1) * jnp.uint32(0x9E3779B1)
+    out.append(jnp.sum(bits * weights, dtype=jnp.uint32))
+  return out
+
+
+def digest(tree: Any) -> dict[str, int]:
+  """{leaf name: 32-bit digest of its bits}: one jitted pass over the (possibly sharded) arrays, a few bytes back."""
+  paths = [leaf_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+  return dict(zip(paths, (int(v) for v in jax.device_get(_digest_leaves(tree)))))
+
+
+class IncompatibleCheckpoint(config_lib.ConfigError):
+  """A readable checkpoint that this config cannot continue: refused, never moved."""
 
 
 def milestones(num_steps: int, per_decade: int, multiple: int) -> list[int]:
@@ -58,32 +104,75 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policies.AnyPreservationPolicy(keep),
         enable_async_checkpointing=cfg.async_save, create=True)
-    self.mngr = ocp.CheckpointManager(self.dir, options=options, item_names=("state", "data"))
+    # Handlers named up front, so a new process can read a checkpoint's metadata before restoring it.
+    handlers = dict(state=ocp.StandardCheckpointHandler(), data=grain.checkpoint.CheckpointHandler(),
+                    digest=ocp.JsonCheckpointHandler())
+    self.mngr = ocp.CheckpointManager(self.dir, options=options, item_handlers=handlers)
+    self.steps_per_chunk = multiple
 
   def due(self, step: int) -> bool:
     return itstime(step, self.every, self.num_steps, self.milestones)
 
   def save(self, step: int, state: Any, data_iter: grain.DatasetIterator | None) -> bool:
-    args = dict(state=ocp.args.StandardSave(state))
+    args = dict(state=ocp.args.StandardSave(state), digest=ocp.args.JsonSave(digest(state)))
     if data_iter is not None:
       args["data"] = grain.checkpoint.CheckpointSave(data_iter)
-    return self.mngr.save(step, args=ocp.args.Composite(**args), force=True)
+    with _disk_full_as_oserror(self.dir):  # also reports a failure of the previous background save
+      return self.mngr.save(step, args=ocp.args.Composite(**args), force=True)
+
+  def _check_fits(self, step: int, target: Any) -> None:
+    """Raises IncompatibleCheckpoint if the stored arrays (names, shapes) are not those of `target`."""
+    meta = self.mngr.item_metadata(step)["state"]
+    if meta is None:
+      raise ValueError("its array metadata cannot be read")
+    stored = {m.name: tuple(m.shape) for m in jax.tree.leaves(getattr(meta, "tree", meta))}
+    mine = {leaf_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(target)[0]}
+    if stored != mine:
+      diff = sorted(set(stored.items()) ^ set(mine.items()))
+      raise IncompatibleCheckpoint(
+          f"the checkpoint at step {step} in {self.dir} holds a different state than this config builds "
+          f"(first difference: {diff[0][0]}); it was kept; use another --workdir")
+
+  def _read(self, step: int, target: Any, data_iter: grain.DatasetIterator | None) -> Any:
+    """The state of one checkpoint, verified; raises on any sign of corruption."""
+    args = dict(state=ocp.args.StandardRestore(target))
+    if data_iter is not None:
+      args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+    state = self.mngr.restore(step, args=ocp.args.Composite(**args))["state"]
+    if data_iter is not None:
+      position = data_iter.get_state().get("next_index")
+      if position != step // self.steps_per_chunk:
+        raise ValueError(f"the data iterator is at chunk {position}, but step {step} needs chunk "
+                         f"{step // self.steps_per_chunk}")
+    try:
+      saved = self.mngr.restore(step, args=ocp.args.Composite(digest=ocp.args.JsonRestore()))["digest"]
+    except Exception:  # pylint: disable=broad-except  # checkpoints written before digests existed
+      logging.warning("Checkpoint at step %d has no digest; its array contents are not verified.", step)
+      return state
+    mine = digest(state)
+    bad = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+    if bad:
+      raise ValueError(f"array contents differ from the digest written when it was saved ({', '.join(bad[:3])})")
+    return state
 
   def restore(self, target: Any, data_iter: grain.DatasetIterator | None) -> tuple[int, Any] | None:
-    """Restores the newest readable checkpoint; an unreadable one is set aside with a warning, never used."""
+    """Restores the newest whole checkpoint; a corrupt one is set aside with a warning, never used. A readable
+    checkpoint of another state (IncompatibleCheckpoint) is refused and left where it is."""
     for step in sorted(self.mngr.all_steps(), reverse=True):
-      args = dict(state=ocp.args.StandardRestore(target))
-      if data_iter is not None:
-        args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
       try:
-        restored, why = self.mngr.restore(step, args=ocp.args.Composite(**args)), ""
-      except Exception as e:  # pylint: disable=broad-except  # any failure to read means: do not use it
+        self._check_fits(step, target)  # from the shared metadata: every process decides the same
+        restored, why = self._read(step, target, data_iter), ""
+      except IncompatibleCheckpoint:
+        raise
+      except Exception as e:  # pylint: disable=broad-except  # any failure to read or verify: do not use it
         restored, why = None, f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
       # Unreadable on any process is unreadable for all: every process falls back to the same step.
       if distributed.all_true("restore", restored is not None):
-        return step, restored["state"]
+        return step, restored
       bad = os.path.join(os.path.dirname(self.dir), "checkpoints_corrupt", str(step))
-      logging.warning("Checkpoint at step %d is unreadable (%s); moved to %s, trying the previous one.",
+      if os.path.exists(bad):
+        bad = f"{bad}.{time.strftime('%Y%m%d-%H%M%S')}"
+      logging.warning("Checkpoint at step %d is unreadable or corrupt (%s); moved to %s, trying the previous one.",
                       step, why or "on another process", bad)
       if jax.process_index() == 0:
         os.makedirs(os.path.dirname(bad), exist_ok=True)
@@ -93,20 +182,92 @@ class Checkpointer:
     return None
 
   def wait(self) -> None:
-    self.mngr.wait_until_finished()
+    with _disk_full_as_oserror(self.dir):
+      self.mngr.wait_until_finished()
 
   def close(self) -> None:
-    self.mngr.wait_until_finished()
-    self.mngr.close()
+    with _disk_full_as_oserror(self.dir):
+      try:
+        self.mngr.wait_until_finished()
+      finally:
+        self.mngr.close()
+
+
+class _disk_full_as_oserror:  # pylint: disable=invalid-name
+  """Orbax reports a full disk as ValueError('RESOURCE_EXHAUSTED ... [os_error_code='28']'): raise the OSError
+  (ENOSPC) it is, so the caller says it in one line. The unfinished save stays a *.orbax-checkpoint-tmp
+  directory, which Orbax never restores: the previous checkpoints remain the run's latest."""
+
+  def __init__(self, where: str):
+    self.where = where
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, kind, e, tb):
+    if e is not None and not isinstance(e, OSError) and (
+        "os_error_code='28'" in str(e) or "No space left on device" in str(e)):
+      raise OSError(errno.ENOSPC, "No space left on device", self.where) from None
+    return False
+
+
+def latest_saved_step(workdir: str) -> int | None:
+  """The newest finished checkpoint's step in workdir (Orbax's unfinished saves end in -tmp), or None."""
+  root = epath.Path(workdir) / "checkpoints"
+  steps = [int(p.name) for p in root.iterdir() if p.name.isdigit()] if root.exists() else []
+  return max(steps, default=None)
+
+
+def check_writable(workdir: str) -> None:
+  """One ConfigError line for a workdir that is a file or cannot be written (checked before anything runs)."""
+  root = epath.Path(workdir)
+  if root.exists() and not root.is_dir():
+    raise config_lib.ConfigError(f"workdir {workdir} is a file, not a directory; use another --workdir")
+  created = []  # directories made for the probe are removed again: a run that does not start leaves nothing
+  node = root
+  while not node.exists() and node != node.parent:
+    created.append(node)
+    node = node.parent
+  probe = root / f".write_test.{jax.process_index()}"
+  try:
+    root.mkdir(parents=True, exist_ok=True)
+    probe.write_text("")
+    probe.unlink()
+  except OSError as e:
+    raise config_lib.ConfigError(f"workdir {workdir} cannot be written ({e.strerror or e}); "
+                                 "use another --workdir") from None
+  finally:
+    for d in created:
+      if d.exists():
+        d.rmdir()
 
 
 def guard_workdir(workdir: str, cfg) -> bool:
   """Refuses a workdir that holds a run of a different config. Returns True if the workdir already had one.
 
-  Works for local paths and gs:// (etils.epath); on multi-host runs only process 0 writes the record.
+  `cfg` is the resolved config (every default filled in), so spelling out a default is not a different config.
+  Each start appends the resumable fields (config.RESUMABLE_FIELDS: the run's length, cadences, and the learning
+  rate and clipping a resume after a non-finite loss may lower) to history.jsonl. Works for local paths and gs://
+  (etils.epath); on multi-host runs only process 0 writes.
   """
+  check_writable(workdir)
   path = epath.Path(workdir) / "config.json"
   mine = config_lib.run_identity(cfg)
+  existed = _check_identity(workdir, path, mine)
+  if jax.process_index() == 0:
+    if not existed:
+      path.parent.mkdir(parents=True, exist_ok=True)
+      path.write_text(json.dumps(mine, indent=1, sort_keys=True, default=str))
+    history = epath.Path(workdir) / "history.jsonl"
+    flat = config_lib.flatten(cfg)
+    line = json.dumps(dict(start=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                           **{k: flat[k] for k in config_lib.RESUMABLE_FIELDS if k in flat}), default=str)
+    previous = history.read_text() if history.exists() else ""
+    history.write_text(previous + line + "\n")
+  return existed
+
+
+def _check_identity(workdir: str, path, mine: dict) -> bool:
   if path.exists():
     theirs = json.loads(path.read_text())
     diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k, "<unset>") != theirs.get(k, "<unset>"))
@@ -116,7 +277,30 @@ def guard_workdir(workdir: str, cfg) -> bool:
       raise config_lib.ConfigError(
           f"workdir {workdir} holds a run with a different config ({shown}{more}); use another --workdir")
     return True
-  if jax.process_index() == 0:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(mine, indent=1, sort_keys=True, default=str))
   return False
+
+
+def restore_params(workdir: str, abstract_params: Any = None, field: str = "model.init_from") -> Any:
+  """The parameters of the newest checkpoint of another run's workdir, as host arrays; that run is only read.
+
+  `abstract_params` is the tree the loop initialized (ShapeDtypeStructs): the loaded tree must have its structure
+  and shapes, else the checkpoint belongs to another architecture (a ConfigError naming `field`). None = no check
+  (reading a finished run's weights for analysis).
+  """
+  options = ocp.CheckpointManagerOptions(read_only=True)
+  with ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options,
+                             item_names=("state", "data")) as mngr:
+    step = mngr.latest_step()
+    config_lib.check(step is not None, field, f"{workdir} has no complete checkpoint")
+    state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  params = jax.tree.map(np.asarray, state["params"])
+  if abstract_params is None:
+    return params
+  want = jax.tree_util.tree_flatten_with_path(abstract_params)
+  got = jax.tree_util.tree_flatten_with_path(params)
+  config_lib.check(want[1] == got[1], field, f"{workdir} holds parameters of another architecture "
+                   f"({len(got[0])} arrays where this model has {len(want[0])}, or other names)")
+  for (path, w), (_, g) in zip(want[0], got[0]):
+    config_lib.check(w.shape == g.shape, field, f"{workdir} holds parameters of another architecture "
+                     f"({jax.tree_util.keystr(path)}: {g.shape} where this model has {w.shape})")
+  return params

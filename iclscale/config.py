@@ -6,7 +6,7 @@ against those declarations (unknown keys, wrong types) and then against the plug
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import ml_collections
 
@@ -69,10 +69,13 @@ def with_defaults(cfg: Any, defaults: dict, where: str) -> ml_collections.Config
   return ml_collections.FrozenConfigDict(merged)
 
 
-# Fields that may change between a run and its resumption: extending a run or changing how often it reports.
+# Fields that may change between a run and its resumption: extending a run, changing how often it reports, and
+# lowering the learning rate or clipping gradients after a non-finite loss (the optimizer state keeps its
+# structure: optim.build applies clipping outside the state tree). Each start records them in history.jsonl.
 RESUMABLE_FIELDS = (
     "train.num_steps", "train.log_every", "eval_every", "checkpoint.every", "checkpoint.keep",
-    "checkpoint.async_save", "report_every_secs", "plot",
+    "checkpoint.async_save", "report_every_secs", "plot", "optim.lr", "optim.grad_clip", "profile.start_step",
+    "profile.num_steps",
 )
 
 
@@ -91,5 +94,3 @@ def run_identity(cfg: Any) -> dict[str, Any]:
   """The fields that identify a run: everything but the resumable ones."""
   return {k: v for k, v in flatten(cfg).items() if k not in RESUMABLE_FIELDS}
 
-
-Validator = Callable[[ml_collections.ConfigDict], None]

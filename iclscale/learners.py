@@ -31,7 +31,6 @@ import jax.numpy as jnp
 import optax
 
 from iclscale import config as config_lib
-from iclscale import optim
 
 # Every learner's fields, with defaults; a learner entry in optim.learners may set any of them.
 LEARNER_DEFAULTS = dict(
@@ -176,7 +175,7 @@ def build(cfg, params: Any, lr_schedule: optax.Schedule) -> optax.GradientTransf
   patterns = [re.compile(GROUPS.get(k, k)) for k in keys]
 
   def label(path, _):
-    name = optim.path_name(path)
+    name = jax.tree_util.keystr(path, simple=True, separator="/")
     hits = [k for k, p in zip(keys, patterns) if p.search(name)]
     config_lib.check(len(hits) == 1, "optim.learners",
                      f"parameter {name} matches {hits or 'no entry'}; each parameter needs exactly one learner")
@@ -184,6 +183,3 @@ def build(cfg, params: Any, lr_schedule: optax.Schedule) -> optax.GradientTransf
   labels = jax.tree_util.tree_map_with_path(label, params)
   return optax.multi_transform({k: make(cfg.learners[k]) for k in keys}, labels)
 
-
-optim.BUILDERS["bilevel"] = build
-optim.VALIDATORS["bilevel"] = validate

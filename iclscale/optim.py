@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from iclscale import config as config_lib
+from iclscale import learners
 
 DEFAULTS = dict(
     name="adam",            # adam or adamw (decoupled weight decay)
@@ -34,15 +35,17 @@ DEFAULTS = dict(
     learners={},            # name=bilevel: {group regex: dict(type=ogd|hedge|ftrl, lr=..., ...)} (learners.py)
 )
 
-# name -> build(cfg, params, lr_schedule) -> GradientTransformation; other modules may register more.
+# name -> build(cfg, params, lr_schedule) -> GradientTransformation.
 BUILDERS = {
     "adam": lambda cfg, params, lr: optax.adam(lr, cfg.b1, cfg.b2, cfg.eps),
     "adamw": lambda cfg, params, lr: optax.adamw(lr, cfg.b1, cfg.b2, cfg.eps, weight_decay=cfg.weight_decay,
                                                  mask=scope_mask(params, cfg.decay_scope)),
+    # The no-regret learners of Chan et al. 2024's Algorithm 1, one per parameter group (learners.py).
+    "bilevel": learners.build,
 }
 
-# name -> validate(cfg) for builders with fields of their own (e.g. bilevel's learners); registered with BUILDERS.
-VALIDATORS = {}
+# name -> validate(cfg) for builders with fields of their own.
+VALIDATORS = {"bilevel": learners.validate}
 
 # Named parameter groups, as regexes over "/"-joined parameter paths of the project's models.
 SCOPES = {
@@ -75,7 +78,8 @@ def validate(cfg) -> None:
 
 
 def path_name(path: tuple) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+  """A parameter's path as "/"-joined names (e.g. "block_0/attn/query/kernel"), which the scopes match."""
+  return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def scope_mask(params: Any, scope: str) -> Any:
@@ -97,11 +101,13 @@ def schedule(cfg, num_steps: int) -> optax.Schedule:
 
 def build(cfg, params: Any, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
   lr = schedule(cfg, num_steps)
-  parts = []
+  tx = optax.chain(BUILDERS[cfg.name](cfg, params, lr))
   if cfg.grad_clip > 0:
-    parts.append(optax.clip_by_global_norm(cfg.grad_clip))
-  parts.append(BUILDERS[cfg.name](cfg, params, lr))
-  tx = optax.chain(*parts)
+    # Clipping is stateless: applied before the chain but kept out of the state tree, so the optimizer state
+    # has one structure with or without it and a run may be resumed with clipping added (after a non-finite loss).
+    clip, inner = optax.clip_by_global_norm(cfg.grad_clip), tx
+    tx = optax.GradientTransformation(
+        inner.init, lambda updates, state, params=None: inner.update(clip.update(updates, None)[0], state, params))
   if cfg.frozen:
     frozen = scope_mask(params, cfg.frozen)
     labels = jax.tree.map(lambda f: "frozen" if f else "train", frozen)
@@ -123,6 +129,3 @@ def penalty(cfg, params: Any) -> jax.Array:
     return jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
   return cfg.l2 * sum(safe_norm(p) for p in leaves)
 
-
-# The no-regret learners of Algorithm 1 register optim.name='bilevel' (imported last: learners.py reads BUILDERS).
-from iclscale import learners  # noqa: E402,F401  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -7,6 +7,11 @@ hundreds of steps/s. The iterator state (the next chunk) is checkpointed with th
 
 Sampling: with a finite dataset of N sequences each batch row draws an index uniformly with replacement from
 [0, N) (Chan et al. 2024's sampler); with N = 0 (infinite) step t reads the fresh indices t*B .. t*B+B-1.
+
+Infinite indices outgrow 32 bits (t*B passes 2^32 after 1.7e7 steps at batch 256, and the transience runs go to
+5e7), and JAX has no 64-bit integers by default, so an infinite stream's index is the pair (hi, lo) of 32-bit
+words of the 64-bit t*B + row: collision-free for any t < 2^32 and any batch. `index_keys` folds an index into
+a key: hi = 0 folds lo alone, exactly as a flat uint32 index, so every stream below 2^32 is unchanged.
 """
 from __future__ import annotations
 
@@ -21,8 +26,24 @@ DEFAULTS = dict(
 )
 
 
+def index_shape(dataset_size: int | None, batch_size: int) -> tuple[int, ...]:
+  """One step's global index array: [B] (finite: row -> index < N) or [B, 2] (infinite: row -> (hi, lo))."""
+  return (batch_size,) if dataset_size else (batch_size, 2)
+
+
+def index_keys(key: jax.Array, indices: jax.Array) -> jax.Array:
+  """Per-row keys of an index array [B] (uint32) or [B, 2] (hi, lo words of a 64-bit index)."""
+  fold = jax.vmap(jax.random.fold_in, (None, 0))
+  if indices.ndim == 1:
+    return fold(key, indices)
+  hi, lo = indices[:, 0], indices[:, 1]
+  keys_B = fold(key, lo)
+  # A second fold for hi > 0 only: indices below 2^32 keep the keys of a flat uint32 index.
+  return jnp.where(hi == 0, keys_B, jax.vmap(jax.random.fold_in)(keys_B, hi))
+
+
 class ChunkIndices:
-  """Grain map: chunk c -> the uint32 indices [K, rows] this host reads at steps c*K .. c*K+K-1."""
+  """Grain map: chunk c -> the uint32 indices [K, rows] (finite) or [K, rows, 2] (infinite) of steps c*K .. c*K+K-1."""
 
   def __init__(self, seed: int, dataset_size: int | None, batch_size: int, steps_per_chunk: int, rows: slice):
     self.seed, self.n, self.batch, self.k, self.rows = seed, dataset_size, batch_size, steps_per_chunk, rows
@@ -30,9 +51,10 @@ class ChunkIndices:
   def step_indices(self, step: int) -> np.ndarray:
     if self.n:
       idx = np.random.default_rng([self.seed, 0x1D5, step]).integers(0, self.n, self.batch)
-    else:
-      idx = step * self.batch + np.arange(self.batch)
-    return (idx[self.rows] % 2**32).astype(np.uint32)
+      return idx[self.rows].astype(np.uint32)
+    rows = np.arange(*self.rows.indices(self.batch), dtype=np.uint64)  # only this host's rows
+    flat = np.uint64(step) * np.uint64(self.batch) + rows
+    return np.stack([flat >> np.uint64(32), flat & np.uint64(0xFFFFFFFF)], -1).astype(np.uint32)
 
   def __call__(self, chunk: int) -> np.ndarray:
     return np.stack([self.step_indices(chunk * self.k + i) for i in range(self.k)])
@@ -46,7 +68,26 @@ def make_iterator(seed: int, dataset_size: int | None, batch_size: int, steps_pe
 
 
 def device_indices(seed_key: jax.Array, dataset_size: int | None, batch_size: int, step: jax.Array) -> jax.Array:
-  """The same sampling done on the device (the upper bound the Grain pipeline is measured against)."""
+  """The same sampling done on the device (the upper bound the Grain pipeline is measured against).
+
+  Infinite streams give the same (hi, lo) indices as the Grain path, computed in 32-bit words.
+  """
   if dataset_size:
     return jax.random.randint(jax.random.fold_in(seed_key, step), (batch_size,), 0, dataset_size).astype(jnp.uint32)
-  return (step * batch_size + jnp.arange(batch_size)).astype(jnp.uint32)
+  hi, lo = mul_wide(jnp.asarray(step).astype(jnp.uint32), batch_size)
+  rows = jnp.arange(batch_size, dtype=jnp.uint32)
+  lo_B = lo + rows                                   # wraps mod 2^32; the carry goes to hi
+  hi_B = hi + (lo_B < rows).astype(jnp.uint32)
+  return jnp.stack([hi_B, lo_B], -1)
+
+
+def mul_wide(a: jax.Array, b: int) -> tuple[jax.Array, jax.Array]:
+  """(hi, lo) uint32 words of the 64-bit product a * b (a uint32 array, 0 <= b < 2^32), in 16-bit limbs."""
+  m16 = jnp.uint32(0xFFFF)
+  a0, a1 = a & m16, a >> 16
+  b0, b1 = jnp.uint32(b & 0xFFFF), jnp.uint32(b >> 16)
+  p00, p01, p10, p11 = a0 * b0, a0 * b1, a1 * b0, a1 * b1  # each < 2^32
+  mid = (p00 >> 16) + (p01 & m16) + (p10 & m16)            # < 3 * 2^16
+  lo = (p00 & m16) | (mid << 16)
+  hi = p11 + (p01 >> 16) + (p10 >> 16) + (mid >> 16)
+  return hi, lo

@@ -1,13 +1,15 @@
 """The tidy results table: one CSV row per (step, evaluator, metric, value) in each workdir.
 
 Plots and analyses read this table, never private formats. On resume, rows written after the restored
-checkpoint are dropped so a resumed run's table equals an uninterrupted run's.
+checkpoint are dropped so a resumed run's table equals an uninterrupted run's. Every row ends with a line break,
+so a last line without one was torn by a crash mid-append: readers skip it and a resumed run drops it.
 """
 from __future__ import annotations
 
 import csv
 import glob
 import io
+import logging
 import os
 from typing import Iterable
 
@@ -63,9 +65,20 @@ def write_dicts(path: str, rows: list[dict], fields: tuple | None = None) -> Non
 
 
 def read_rows(path) -> list[dict]:
-  with epath.Path(path).open() as f:
-    return [dict(step=int(r["step"]), evaluator=r["evaluator"], metric=r["metric"], value=float(r["value"]))
-            for r in csv.DictReader(f)]
+  """The rows of a results table; a torn last line (no line break: a crash mid-append) is skipped with a warning,
+  any other malformed line is a ValueError naming it."""
+  text = epath.Path(path).read_text()
+  whole, _, torn = text.rpartition("\n")
+  if torn:
+    logging.warning("%s: skipping a torn last line (a crash while appending): %r", path, torn[:80])
+    text = whole + "\n"
+  rows = []
+  for line, r in enumerate(csv.DictReader(io.StringIO(text, newline="")), start=2):
+    try:
+      rows.append(dict(step=int(r["step"]), evaluator=r["evaluator"], metric=r["metric"], value=float(r["value"])))
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"{path}, line {line}: not a results row ({e})") from None
+  return rows
 
 
 def read(workdir: str) -> list[dict]:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from iclscale import config as config_lib
-from iclscale import evaluate
+from iclscale.evaluators import classification
 from iclscale import tasks
 from iclscale.tasks import bursty
 
@@ -27,7 +27,7 @@ def shared():
 
 
 def train_batch(task, n=512):
-  return jax.device_get(jax.jit(task.batch)(task.arrays, jnp.arange(n, dtype=jnp.uint32)))
+  return jax.device_get(jax.jit(task.batch)(task.arrays, jnp.arange(n, dtype=jnp.uint32), jnp.int32(0)))
 
 
 def test_split_is_the_fixed_permutation_and_holdout_is_last():
@@ -119,7 +119,7 @@ def test_closed_set_accuracy_restricts_the_argmax():
   logits = jnp.array([[5.0, 1.0, 2.0, 0.0], [5.0, 0.0, 0.0, 3.0]])
   batch = dict(target=jnp.array([2, 3]), ctx_labels=jnp.array([[2, 1], [0, 0]]),
                closed_context=jnp.array([True, False]), closed_hi=jnp.array([4, 4]))
-  m = evaluate.closed_set_metrics(logits, batch)
+  m = classification.closed_set_metrics(logits, batch)
   assert float(m["accuracy"]) == 0.0 and float(m["accuracy_closed"]) == 0.5
 
 
@@ -127,7 +127,7 @@ def test_omniglot_images_go_through_the_resnet_encoder():
   cfg = tasks.resolve(ml_collections.ConfigDict(dict(name="bursty", dataset="omniglot", image_size=28, noise=0.1)))
   table = np.random.default_rng(0).integers(0, 256, (40, 20, 28, 28), dtype=np.uint8)  # no file read
   task = bursty.BurstyTask(cfg, 0, table=table)
-  b = jax.jit(task.batch)(task.arrays, jnp.arange(2, dtype=jnp.uint32))
+  b = jax.jit(task.batch)(task.arrays, jnp.arange(2, dtype=jnp.uint32), jnp.int32(0))
   assert b["x"].shape == (2, 9, 28, 28) and b["x"].dtype == jnp.float32
   from iclscale import models
   small_resnet = dict(blocks_per_stage=(1,), channels=(8,), strides=(2,), initial_channels=8)
@@ -165,7 +165,7 @@ def test_stylized_omniglot_items_are_the_fixed_image_plus_noise():
                                                      input_noise=0.0, dataset_size=0)))
   images = np.random.default_rng(0).integers(0, 256, (16, 20, 28, 28), dtype=np.uint8)
   task = stylized_omniglot.StylizedOmniglotTask(cfg, 0, images=images)
-  b = jax.device_get(jax.jit(task.batch)(task.arrays, jnp.arange(4, dtype=jnp.uint32)))
+  b = jax.device_get(jax.jit(task.batch)(task.arrays, jnp.arange(4, dtype=jnp.uint32), jnp.int32(0)))
   assert b["x"].shape == (4, 3, 28, 28)
   y_q = b["target"]  # no label noise, no flip: the target is the query's class
   np.testing.assert_allclose(b["x"][:, -1], images[y_q, 0] / 255.0, atol=1e-6)

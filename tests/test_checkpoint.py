@@ -1,5 +1,6 @@
 """Milestones, periodic-action timing and the workdir config guard."""
 import json
+import os
 
 import pytest
 
@@ -31,3 +32,99 @@ def test_guard_allows_extending_but_refuses_other_changes(tmp_path, tiny):
     checkpoint.guard_workdir(str(tmp_path), tiny(**{"task.input_noise": 0.4}))
   saved = json.loads((tmp_path / "config.json").read_text())
   assert saved["task.input_noise"] == 0.2 and "train.num_steps" not in saved
+
+
+def test_config_record_uses_the_resolved_config(tmp_path, tiny):
+  from iclscale import train  # pylint: disable=g-import-not-at-top
+  assert checkpoint.guard_workdir(str(tmp_path), train.resolve(tiny())) is False
+  # Spelling out a default (grad_clip 0 is the default) is the same config; lowering the lr is a resume change.
+  assert checkpoint.guard_workdir(str(tmp_path), train.resolve(tiny(**{"optim.grad_clip": 0.0}))) is True
+  assert checkpoint.guard_workdir(str(tmp_path), train.resolve(tiny(**{"optim.lr": 1e-4}))) is True
+  history = [json.loads(ln) for ln in (tmp_path / "history.jsonl").read_text().splitlines()]
+  assert [h["optim.lr"] for h in history] == [3e-4, 3e-4, 1e-4]
+  assert json.loads((tmp_path / "config.json").read_text())["optim.b2"] == 0.999   # defaults are recorded
+
+
+def test_per_decade_must_not_be_negative(tiny):
+  from iclscale import train  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ConfigError, match=r"config\.checkpoint\.per_decade: must be an int >= 0, got -1"):
+    train.resolve(tiny(**{"checkpoint.per_decade": -1}))
+
+
+def test_digest_changes_with_any_one_bit():
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  x = np.linspace(-1, 1, 1000).astype(np.float32)
+  base = checkpoint.digest(dict(w=jnp.asarray(x), b=jnp.arange(3, dtype=jnp.int32)))
+  for i, bit in ((0, 0), (517, 22), (999, 31)):
+    y = x.view(np.uint32).copy()
+    y[i] ^= np.uint32(1 << bit)
+    assert checkpoint.digest(dict(w=jnp.asarray(y.view(np.float32)), b=jnp.arange(3, dtype=jnp.int32)))["w"] != base["w"]
+  assert checkpoint.digest(dict(w=jnp.asarray(x), b=jnp.arange(3, dtype=jnp.int32))) == base
+
+
+def _saved(tmp_path, steps=(10, 20)):
+  """A Checkpointer with checkpoints of a small state and a Grain iterator at each of `steps` (K = 10)."""
+  import grain  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  cfg = ml_collections.ConfigDict(dict(checkpoint.DEFAULTS, every=10, per_decade=0, async_save=False))
+  ckpt = checkpoint.Checkpointer(str(tmp_path), cfg, num_steps=100, multiple=10)
+  make_iter = lambda: iter(grain.MapDataset.range(10).to_iter_dataset())  # noqa: E731
+  it = make_iter()
+  for s in steps:
+    next(it)
+    while int(it.get_state()["next_index"]) < s // 10:
+      next(it)
+    ckpt.save(s, dict(w=jnp.full((4, 3), float(s)), step=jnp.asarray(s, jnp.int32)), it)
+  ckpt.wait()
+  target = dict(w=jnp.zeros((4, 3)), step=jnp.asarray(0, jnp.int32))
+  return ckpt, target, make_iter
+
+
+def _set_json(path, **values):
+  data = json.loads(path.read_text())
+  data.update(values)
+  path.write_text(json.dumps(data))
+
+
+def test_restore_verifies_iterator_position_and_digest(tmp_path):
+  ckpt, target, make_iter = _saved(tmp_path)
+  step, state = ckpt.restore(target, make_iter())
+  assert step == 20 and float(state["w"][0, 0]) == 20.0
+  # A hand-edited iterator position: the checkpoint is corrupt, set aside; the previous one is used.
+  _set_json(tmp_path / "checkpoints" / "20" / "data" / "process_0-of-1.json", next_index=7)
+  it = make_iter()
+  step, state = ckpt.restore(target, it)
+  assert step == 10 and float(state["w"][0, 0]) == 10.0 and it.get_state()["next_index"] == 1
+  assert os.listdir(tmp_path / "checkpoints_corrupt") == ["20"]
+
+
+def test_restore_rejects_contents_that_do_not_match_the_digest(tmp_path):
+  ckpt, target, make_iter = _saved(tmp_path)
+  digest_file = next((tmp_path / "checkpoints" / "20" / "digest").glob("metadata"))
+  saved = json.loads(digest_file.read_text())
+  _set_json(digest_file, w=(saved["w"] + 1) % 2**32)   # as if the stored array bytes had changed since the save
+  step, _ = ckpt.restore(target, make_iter())
+  assert step == 10 and os.listdir(tmp_path / "checkpoints_corrupt") == ["20"]
+
+
+def test_flipped_array_bytes_fall_back_to_the_previous_checkpoint(tmp_path):
+  ckpt, target, make_iter = _saved(tmp_path)
+  blobs = [p for p in (tmp_path / "checkpoints" / "20" / "state").rglob("*") if p.is_file() and "/d/" in str(p)]
+  for p in blobs:   # flip one byte in the middle of every stored data file
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    p.write_bytes(bytes(data))
+  step, state = ckpt.restore(target, make_iter())
+  assert step == 10 and float(state["w"][0, 0]) == 10.0
+  assert os.listdir(tmp_path / "checkpoints_corrupt") == ["20"]
+
+
+def test_checkpoint_of_another_state_is_refused_and_kept(tmp_path):
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  ckpt, target, make_iter = _saved(tmp_path)
+  with pytest.raises(checkpoint.IncompatibleCheckpoint, match="holds a different state"):
+    ckpt.restore(dict(target, w=jnp.zeros((5, 3))), make_iter())
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10", "20"]
+  assert not (tmp_path / "checkpoints_corrupt").exists()

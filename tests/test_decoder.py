@@ -1,13 +1,15 @@
 """The Llama-style decoder: causal answer-position logits, the answer-token loss, and vmapped finetuning copies."""
+import os
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
-from iclscale import models, tasks, train
+from iclscale import contracts, losses, models, train
 from iclscale.config import ConfigError
-from iclscale.models import decoder, gemma3_lm
+from iclscale.models import decoder
 
 V, T = 11, 9
 
@@ -31,22 +33,11 @@ def test_answer_logits_see_only_the_past():
   assert not np.allclose(out[0, 1], base[0, 1], atol=1e-4)
 
 
-def test_answer_ce_and_exact_match_by_hand():
-  logits = jnp.zeros((2, 2, 4)).at[0, 0, 1].set(10.0).at[0, 1, 2].set(10.0).at[1, 0, 1].set(10.0)
-  batch = dict(answer_tok=jnp.array([[1, 2], [1, 3]]), answer_mask=jnp.array([[True, True], [True, False]]))
-  loss, metrics = gemma3_lm.answer_ce(logits, batch)
-  confident = np.log1p(3 * np.exp(-10.0))                      # CE of a 10-logit margin over 3 others
-  assert float(loss) == pytest.approx(confident, rel=1e-2)     # float32; 3 real answer tokens, all right; slot (1,1) masked
-  assert float(metrics["accuracy"]) == 1.0
-  _, metrics = gemma3_lm.answer_ce(logits, dict(batch, answer_mask=jnp.ones((2, 2), bool)))
-  assert float(metrics["accuracy"]) == 0.5                     # row 1's second token (uniform -> argmax 0) is wrong
-
-
 def test_copies_train_independently():
   """The summed loss of n copies gives each copy exactly the gradient of its own loss on its own batch."""
   module = tiny_module()
-  single = models.Model(module, lambda k, b: module.init(k, b["tokens"], b["answer_pos"])["params"],
-                        lambda p, b: module.apply({"params": p}, b["tokens"], b["answer_pos"]), gemma3_lm.answer_ce)
+  single = contracts.Model(module, lambda k, b: module.init(k, b["tokens"], b["answer_pos"])["params"],
+                           lambda p, b: module.apply({"params": p}, b["tokens"], b["answer_pos"]), losses.answer_ce)
   copies = models.with_copies(single, 3)
   tokens = jax.random.randint(jax.random.key(2), (3, 4, T), 0, V)
   batch = dict(tokens=tokens, answer_pos=jnp.full((3, 4, 1), T - 1), answer_tok=tokens[..., :1],
@@ -97,6 +88,6 @@ def test_init_from_refuses_another_architecture(tmp_path):
   c = finetune_config()
   c.model.init_from = str(tmp_path / "meta")
   c.model.width = 32
-  task = tasks.build(tasks.resolve(c.task), 0)
-  with pytest.raises(ConfigError, match="another architecture"):
-    models.build(models.resolve(c.model, ()), task).load()
+  with pytest.raises(ConfigError, match="model.init_from: .* holds parameters of another architecture"):
+    train.run(c, str(tmp_path / "finetune"))
+  assert not os.path.exists(os.path.join(tmp_path, "finetune", "checkpoints"))

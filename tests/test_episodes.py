@@ -57,7 +57,7 @@ def test_metalearn_sample_i_is_episode_i_over_q_query_i_mod_q(meta):
   assert Q == 25 if meta.cfg.name == "russin_grid" else Q == 64
   assert meta.dataset_size == meta.cfg.num_train_episodes * Q
   idx = np.concatenate([np.arange(3 * Q), [meta.dataset_size - 1, 17 * Q + 5]]).astype(np.uint32)
-  b = jax.device_get(jax.jit(meta.batch)(meta.arrays, jnp.asarray(idx)))
+  b = jax.device_get(jax.jit(meta.batch)(meta.arrays, jnp.asarray(idx), jnp.int32(0)))
   a = jax.device_get(meta.arrays)
   T = tasks.input_shape(meta.cfg)[0]
   Tc = a["ctx"].shape[1]

@@ -10,12 +10,14 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs import gemma_finetune
 from conftest import override
-from iclscale import fact_probes, mesh as mesh_lib, models, optim, results, tasks, train
+from iclscale import losses, mesh as mesh_lib, models, optim, results, tasks, tokenizer, train
+from iclscale.evaluators import fact_probes
 from iclscale.models import gemma3_lm
 from iclscale.tasks import facts
 
@@ -34,7 +36,8 @@ def built():
   cfg = train.resolve(tiny_config())
   task = tasks.build(cfg.task, cfg.seed)
   model = models.build(cfg.model, task)
-  return cfg, task, model, model.load()
+  example = task.batch(task.arrays, jnp.arange(2, dtype=jnp.uint32), jnp.int32(0))
+  return cfg, task, model, model.load(jax.eval_shape(model.init, jax.random.key(0), example))
 
 
 def decode(ids) -> str:
@@ -43,14 +46,14 @@ def decode(ids) -> str:
 
 def test_loss_is_ce_on_answer_tokens_only(built):
   _, task, model, params = built
-  batch = task.batch(task.arrays, jnp.arange(4, dtype=jnp.uint32))
+  batch = task.batch(task.arrays, jnp.arange(4, dtype=jnp.uint32), jnp.int32(0))
   # Jitted, params as an argument: closed-over params become constants that XLA folds for minutes.
-  loss_jit = jax.jit(lambda p, b: gemma3_lm.answer_ce(model.apply(p, b), b))
+  loss_jit = jax.jit(lambda p, b: losses.answer_ce(model.apply(p, b), b))
   loss_of = lambda b: loss_jit(params, b)
   loss, metrics = loss_of(batch)
   # Hand-computed: full-vocabulary logits at every position, CE read off at the answer positions.
   tokens = batch["tokens"]
-  logits = np.asarray(jax.jit(model.module.apply)({"params": params}, tokens, input_mask_BxT=tokens != facts.PAD_ID),
+  logits = np.asarray(jax.jit(model.module.apply)({"params": params}, tokens, input_mask_BxT=tokens != tokenizer.PAD_ID),
                       np.float64)
   logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
   pos, tok, mask = (np.asarray(batch[k]) for k in ("answer_pos", "answer_tok", "answer_mask"))
@@ -72,7 +75,7 @@ def test_task_is_a_pure_function_of_seed_and_index(built):
   cfg, task, _, _ = built
   again = tasks.build(cfg.task, cfg.seed)
   idx = jnp.array([3, 0, 3, 23], jnp.uint32)
-  a, b = task.batch(task.arrays, idx), again.batch(again.arrays, idx)
+  a, b = task.batch(task.arrays, idx, jnp.int32(0)), again.batch(again.arrays, idx, jnp.int32(0))
   for k in a:
     np.testing.assert_array_equal(a[k], b[k])
   np.testing.assert_array_equal(a["tokens"][0], a["tokens"][2])
@@ -128,14 +131,16 @@ def test_loaded_params_follow_the_model_partition_specs(built):
     state, _, _ = train.init_state(cfg, task, model, mesh)
   assert state["params"]["embedder"]["input_embedding"].sharding.spec == P("model", "fsdp")
   assert state["params"]["layer_0"]["mlp"]["linear"]["w"].sharding.spec == P("model", "fsdp")
-  mu = state["opt_state"][1][0].mu  # clip, then adamw's scale_by_adam state: moments sharded like params
+  mu = optax.tree.get(state["opt_state"], "mu")  # adamw's first moments: sharded like the params
   assert mu["layer_0"]["mlp"]["linear"]["w"].sharding.spec == P("model", "fsdp")
 
 
 def test_lora_scope_freezes_all_base_params(built):
   cfg = train.resolve(tiny_config(**{"model.lora_rank": 2, "optim.frozen": gemma3_lm.BASE_PARAMS}))
   task = built[1]
-  params = models.build(cfg.model, task).load()
+  model = models.build(cfg.model, task)
+  example = task.batch(task.arrays, jnp.arange(2, dtype=jnp.uint32), jnp.int32(0))
+  params = model.load(jax.eval_shape(model.init, jax.random.key(0), example))
   assert jax.tree.structure(params) != jax.tree.structure(built[3])  # the LoRA factors are there
   frozen = jax.tree_util.tree_leaves_with_path(optim.scope_mask(params, cfg.optim.frozen))
   assert frozen and all(f == (optim.path_name(p).split("/")[-1] not in ("lora_a", "lora_b")) for p, f in frozen)
@@ -170,5 +175,5 @@ def test_gemma_tokenizer_layout():
   assert task.arrays["tokens"].shape[1] <= 32  # the step time quoted in the config assumes <= 32 tokens
   name, city = task.facts[0]
   row = np.asarray(task.arrays["tokens"][0])
-  assert row[0] == facts.BOS_ID
+  assert row[0] == tokenizer.BOS_ID
   assert tok.decode([int(i) for i in row[1:] if i]) == facts.QUESTION.format(name=name) + facts.ANSWER.format(city=city)

@@ -1,8 +1,6 @@
 """The gated model f = α·g + (1−α)·h: heads against hand computations, Algorithm 1's gradient split, convergence
 of g and of the gate on constructed streams, one tiny end-to-end run, and the study's table helpers."""
 import csv
-import json
-import os
 import types
 
 import jax
@@ -15,7 +13,6 @@ import pytest
 from iclscale import learners
 from iclscale import models
 from iclscale import train
-from iclscale.analysis import gated_study
 from iclscale.config import ConfigError
 from iclscale.models import gated
 
@@ -184,24 +181,3 @@ def test_tiny_config_end_to_end(tmp_path):
   # the common classes' gate has moved to g first
   assert values[("grid/ibd/default/C_H", "alpha")] > 0.5 > values[("grid/ibd/default/C_L", "alpha")]
   assert 0.0 <= out["train"]["train/accuracy"] <= 1.0
-
-
-def test_study_reads_transformer_runs_and_finds_crossings(tmp_path):
-  # two finished runs at p_relevant 0.9, a baseline at p = 0 and an unfinished run: only the first two count
-  for name, n, err, p, steps in (("a", 64, 0.2, 0.9, 20), ("b", 1024, 0.9, 0.9, 20), ("c", 64, 0.7, 0.0, 20),
-                                 ("d", 256, 0.1, 0.9, 40)):
-    d = tmp_path / name
-    d.mkdir()
-    (d / "config.json").write_text(json.dumps({"task.dataset_size": n, "task.input_noise": 0.2, "task.p_high": 0.9,
-                                               "task.p_relevant": p, "train.num_steps": steps}))
-    (d / "results.csv").write_text("step,evaluator,metric,value\n"
-                                   f"10,grid/oobd/relevant/C_L,error,0.5\n20,grid/oobd/relevant/C_L,error,{err}\n"
-                                   "20,train,loss,1.0\n")
-  rows = sorted(gated_study.transformer_rows(str(tmp_path), 0.9), key=lambda r: r["N"])
-  assert [(r["N"], r["set"], r["value"], r["sigma"]) for r in rows] == [(64, "oobd/relevant/C_L", 0.2, 0.2),
-                                                                        (1024, "oobd/relevant/C_L", 0.9, 0.2)]
-  ns = np.array([64, 128, 256])
-  assert gated_study.crossing(ns, np.array([0.2, 0.4, 0.6])) == pytest.approx(2 ** 7.5)
-  assert gated_study.crossing(ns, np.array([0.6, 0.7, 0.8])) == 64
-  assert gated_study.crossing(ns, np.array([0.1, 0.2, 0.3])) == float("inf")
-  assert os.path.exists(gated_study.CONFIG)

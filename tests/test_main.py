@@ -1,9 +1,12 @@
 """main.py as a user runs it: end to end, bad flags, SIGTERM then resume."""
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "chan2024_synthetic.py") + ":tiny"
@@ -61,3 +64,63 @@ def test_sigterm_saves_and_the_same_command_resumes(tmp_path):
                      capture_output=True, text=True, env=env(), timeout=300, check=False)
   assert p.returncode == 0, p.stderr[-2000:]
   assert f"Resumed from the checkpoint at step {saved[0]}" in p.stdout + p.stderr
+
+
+def test_finished_run_rerun_shorter_and_after_a_lost_figure(tmp_path, tiny):
+  """A completed run: re-running it shorter is refused with its checkpoints kept; re-running it after its figure
+  was lost rewrites the figure; a lower learning rate is accepted and recorded."""
+  import pytest  # pylint: disable=g-import-not-at-top
+  from iclscale import train  # pylint: disable=g-import-not-at-top
+  from iclscale.config import ConfigError  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  short = {"train.num_steps": 20, "checkpoint.every": 10, "eval_every": 10, "checkpoint.per_decade": 0,
+           "evals.grid.num_examples": 16, "evals.grid.batch_size": 16, "mesh.num_devices": 1}
+  out = train.run(tiny(**short), workdir)
+  assert out["step"] == 20 and "curves.png" in out["outputs"]
+  saved = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+  with pytest.raises(ConfigError, match=r"already at step 20, past train.num_steps=10"):
+    train.run(tiny(**dict(short, **{"train.num_steps": 10})), workdir)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == saved
+  assert not os.path.exists(os.path.join(workdir, "checkpoints_corrupt"))
+  os.remove(os.path.join(workdir, "curves.png"))
+  out = train.run(tiny(**dict(short, **{"optim.lr": 1e-4})), workdir)
+  assert out["step"] == 20 and os.path.exists(os.path.join(workdir, "curves.png")) and "curves.png" in out["outputs"]
+  with open(os.path.join(workdir, "history.jsonl")) as f:
+    assert [json.loads(ln)["optim.lr"] for ln in f] == [3e-4, 1e-4]   # the refused start left no record
+
+
+def test_full_disk_while_saving_is_one_line(tmp_path):
+  """A workdir on a small tmpfs (root only): the first checkpoint does not fit."""
+  import pytest  # pylint: disable=g-import-not-at-top
+  mnt = tmp_path / "small"
+  mnt.mkdir()
+  if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mnt)],
+                                         capture_output=True, check=False).returncode != 0:
+    pytest.skip("needs root to mount a small tmpfs")
+  try:
+    p = subprocess.run(main_cmd(mnt / "run", "--config.train.num_steps=20", "--config.checkpoint.every=10",
+                                "--config.checkpoint.per_decade=0", "--config.eval_every=10",
+                                "--config.evals.grid.num_examples=16", "--config.evals.grid.batch_size=16"),
+                       capture_output=True, text=True, env=env(), timeout=600, check=False)
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    assert len(errors) == 1 and errors[0].startswith("error: no space left on the device while writing")
+    assert [s for s in os.listdir(mnt / "run" / "checkpoints") if s.isdigit()] == []   # no partial checkpoint used
+  finally:
+    subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_nan_advice_is_true_a_lower_lr_resumes(tmp_path, tiny):
+  """After a non-finite loss, the re-run the message advises (a lower optim.lr) resumes from the last checkpoint."""
+  import pytest  # pylint: disable=g-import-not-at-top
+  from iclscale import train  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  short = {"checkpoint.every": 10, "eval_every": 10, "checkpoint.per_decade": 0, "train.log_every": 10,
+           "evals.grid.num_examples": 16, "evals.grid.batch_size": 16, "mesh.num_devices": 1, "plot": False}
+  assert train.run(tiny(**dict(short, **{"train.num_steps": 20})), workdir)["step"] == 20
+  with pytest.raises(FloatingPointError, match=r"Re-run the same command .*--config\.optim\.lr=1e\+29"):
+    train.run(tiny(**dict(short, **{"train.num_steps": 40, "optim.lr": 3e29})), workdir)
+  out = train.run(tiny(**dict(short, **{"train.num_steps": 40, "optim.lr": 1e-4})), workdir)
+  assert out["step"] == 40 and np.isfinite(out["train"]["train/loss"])
+  with open(os.path.join(workdir, "history.jsonl")) as f:
+    assert [json.loads(ln)["optim.lr"] for ln in f] == [3e-4, 3e29, 1e-4]

@@ -64,3 +64,16 @@ def test_frozen_group_never_moves_and_adamw_decays_only_its_scope():
 def test_invalid_optimizer_configs(kw, field):
   with pytest.raises(ConfigError, match=field):
     cfg(**kw)
+
+
+def test_clipping_is_outside_the_state_so_a_resume_may_add_it():
+  plain, _ = optim.build(cfg(), PARAMS, 100)
+  clipped, _ = optim.build(cfg(grad_clip=0.5), PARAMS, 100)
+  s_plain, s_clip = plain.init(PARAMS), clipped.init(PARAMS)
+  assert jax.tree.structure(s_plain) == jax.tree.structure(s_clip)
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 3.0), PARAMS)
+  updates, _ = clipped.update(grads, s_clip, PARAMS)
+  reference = optax.chain(optax.clip_by_global_norm(0.5), optax.adam(3e-4))
+  expected, _ = reference.update(grads, reference.init(PARAMS), PARAMS)
+  for u, e in zip(jax.tree.leaves(updates), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(u, e, rtol=1e-6)

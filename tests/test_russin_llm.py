@@ -1,4 +1,4 @@
-"""The LLM grid evaluation (analysis/russin_llm.py): prompts, tokenization, scoring, the command on a tiny model.
+"""The LLM grid evaluation (studies/russin_llm.py): prompts, tokenization, scoring, the command on a tiny model.
 
 Tiny random Gemma and the byte tokenizer only (seconds); the Gemma tokenizer check is skipped without the package.
 """
@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from iclscale import fact_probes
-from iclscale.analysis import russin_llm
+from iclscale import losses, tokenizer
+from iclscale.studies import russin_llm
 from iclscale.tasks import facts
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -74,7 +74,7 @@ def test_answer_tokens_are_the_tokenizers_split_of_the_full_text():
   encode, _ = facts.make_encoder("bytes")
   for prompt, answer in itertools.islice(russin_llm.make_prompts(0, 1)[("rotated", "blocked")], 4):
     p, a = russin_llm.encode_pair(encode, prompt, answer)
-    assert p + a == encode(prompt + answer, True) and p[0] == facts.BOS_ID
+    assert p + a == encode(prompt + answer, True) and p[0] == tokenizer.BOS_ID
     assert bytes(a).decode() == answer and len(a) == 4
 
 
@@ -97,7 +97,7 @@ def test_forced_logits_score_exact_one_and_logp_zero():
   assert scores["exact"].shape == (20,) and (scores["exact"] == 1).all()
   np.testing.assert_allclose(scores["logp"], 0.0, atol=1e-6)
   # One wrong answer token: no exact match, and log p drops by the forced margin.
-  wrong = fact_probes.answer_scores(100.0 * jax.nn.one_hot((jnp.asarray(rows["answer_tok"]) + 1) % 128, 128), rows)
+  wrong = losses.answer_scores(100.0 * jax.nn.one_hot((jnp.asarray(rows["answer_tok"]) + 1) % 128, 128), rows)
   assert float(wrong["exact"].max()) == 0.0 and float(wrong["logp"].max()) < -399
 
 

@@ -6,9 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from iclscale import results
-from iclscale.analysis import russin_study
-from iclscale.models import decoder
+from iclscale import checkpoint, results
+from iclscale.studies import russin_study
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -20,16 +19,16 @@ def study(tmp_path_factory):
   runs = russin_study.run_configs("grid", "tiny", 0, workdir)
   for name in ("meta_rule", "meta_rotated"):
     train.run(*runs[name])
-  before = decoder.load_params(runs["meta_rule"][1])
+  before = checkpoint.restore_params(runs["meta_rule"][1])
   rows = russin_study.main(["--task", "grid", "--scale", "tiny", "--seeds", "0", "--workdir", workdir])
   return workdir, runs, before, rows
 
 
 def test_finetuning_leaves_the_metalearned_weights_untouched(study):
   _, runs, before, _ = study
-  after = decoder.load_params(runs["meta_rule"][1])
+  after = checkpoint.restore_params(runs["meta_rule"][1])
   np.testing.assert_equal(after, before)
-  finetuned = decoder.load_params(runs["ft_icl_iwl_rule_blocked"][1])   # [copies, ...]
+  finetuned = checkpoint.restore_params(runs["ft_icl_iwl_rule_blocked"][1])   # [copies, ...]
   emb, base = finetuned["embed"]["embedding"], before["embed"]["embedding"]
   assert emb.shape == (4,) + base.shape
   assert all(not np.allclose(emb[i], base) for i in range(4))         # every copy moved
@@ -47,14 +46,25 @@ def test_icl_measures_agree_between_metalearning_and_finetuning_runs(study):
         russin_study.last(meta, "heldout/rule/blocked", metric), abs=1e-5)
 
 
+def last_row(workdir: str, evaluator: str) -> dict[str, float]:
+  """{metric: value} of `evaluator` at the last step of a run's results.csv."""
+  with open(os.path.join(workdir, "results.csv")) as f:
+    rows = [r for r in csv.DictReader(f) if r["evaluator"] == evaluator]
+  step = max(int(r["step"]) for r in rows)
+  return {r["metric"]: float(r["value"]) for r in rows if int(r["step"]) == step}
+
+
 def test_table_rows_and_outputs(study):
-  workdir, _, _, rows = study
+  workdir, runs, _, rows = study
   got = {(r["measure"], r["rotation"], r["curriculum"]): r for r in rows}
   assert len(got) == len(rows)
   for rot in ("rule", "rotated"):
     for sched in ("blocked", "interleaved"):
-      for m in ("iwl_only/retention", "icl_iwl/retention", "iwl_only/generalization", "icl_iwl/fewshot"):
-        assert 0.0 <= got[(m, rot, sched)]["mean"] <= 1.0
+      for cond in ("iwl_only", "icl_iwl"):   # each cell is its run's held-out accuracy, read here independently
+        final = last_row(runs[f"ft_{cond}_{rot}_{sched}"][1], "heldout/finetuned")
+        assert got[(f"{cond}/retention", rot, sched)]["mean"] == pytest.approx(final["accuracy_study"], abs=1e-4)
+        assert got[(f"{cond}/generalization", rot, sched)]["mean"] == pytest.approx(final["accuracy_test"],
+                                                                                    abs=1e-4)
     for cur in ("blocked", "interleaved", "aligned", "misaligned"):
       assert (("icl/fewshot", rot, cur)) in got
   assert got[("icl/fewshot", "rule", "blocked")]["paper"] == 0.999

@@ -55,7 +55,8 @@ def test_irrelevant_context_redraws_matches_and_relevant_fills_all():
 
 
 def test_fixed_num_relevant_and_no_negative_overwrite():
-  """Upstream caveat #5: with r=1 < natural matches, the count must not exceed max(r, natural matches)."""
+  """Upstream's synthetic.py lets the replacement count r - matches go negative when natural matches exceed r,
+  over-writing slots: with r=1 < natural matches, the count must not exceed max(r, natural matches)."""
   task = make_task(context_len=8, num_high=1, num_low=1, p_high=0.5, num_relevant=1)
   b = draw(task, stylized.cell(0.9, num_relevant=1))
   matches = (b["ctx_labels"] == b["target"][:, None]).sum(1)
@@ -103,19 +104,19 @@ def test_sequence_is_a_pure_function_of_seed_and_index():
   task = make_task()
   idx = jnp.array([5, 17, 3], jnp.uint32)
   batch = jax.jit(task.batch)
-  a = batch(task.arrays, idx)
-  b = batch(task.arrays, jnp.array([3, 99, 17, 1, 5], jnp.uint32))
+  a = batch(task.arrays, idx, jnp.int32(0))
+  b = batch(task.arrays, jnp.array([3, 99, 17, 1, 5], jnp.uint32), jnp.int32(7))
   np.testing.assert_array_equal(a["x"][0], b["x"][4])   # index 5 is the same sequence in any batch
   np.testing.assert_array_equal(a["target"][1], b["target"][2])
   other_seed = tasks.build(task.cfg, seed=4)
-  assert not np.allclose(a["x"], batch(other_seed.arrays, idx)["x"])
+  assert not np.allclose(a["x"], batch(other_seed.arrays, idx, jnp.int32(0))["x"])
 
 
 def test_eval_grid_is_independent_of_training_sequences():
   task = make_task(dataset_size=64, input_noise=0.2)
   sets = task.eval_sets("grid", 64)
   assert len(sets) == 18 and "oobd/irrelevant/C_L" in sets
-  train = jax.jit(task.batch)(task.arrays, jnp.arange(64, dtype=jnp.uint32))
+  train = jax.jit(task.batch)(task.arrays, jnp.arange(64, dtype=jnp.uint32), jnp.int32(0))
   # Upstream reused RandomState(i) for eval sequence i, so eval-default-none equalled training sequence i.
   assert not np.isclose(np.asarray(sets["ibd/default/all"]["x"])[:, None],
                         np.asarray(train["x"])[None]).all(axis=(-1, -2)).any()

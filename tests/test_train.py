@@ -41,7 +41,10 @@ def test_golden_train_loss(full_run):
       "The tiny run's final-window loss moved: if the change to data/model/optimizer is intended, update GOLDEN.")
 
 
-GOLDEN_FINAL_LOSS = 0.035653  # recorded on a 2-core x86-64 CPU, jax 0.10.2
+# Recorded on a 2-core x86-64 CPU, jax 0.10.2. With model.label_embed=truncnorm and model.label_bias=false (the
+# label embedding before the upstream-exact default) the same run gives the previous value 0.035653 exactly, so
+# the change comes from the label embedding alone (the two-pass LayerNorm variance moves it by 3e-7 relative).
+GOLDEN_FINAL_LOSS = 0.036127
 
 
 def test_resume_equals_uninterrupted_run(full_run, tiny, tmp_path):
@@ -66,8 +69,15 @@ def test_one_and_eight_devices_give_the_same_losses(tiny, tmp_path):
 
 
 def test_device_side_sampling_trains_the_same_model(tiny, tmp_path):
-  out = train.run(tiny(**{"train.num_steps": 100, "data.pipeline": "device"}), str(tmp_path / "dev"))
-  assert out["step"] == 100 and out["train"]["train/loss"] < 1.5
+  """With an infinite dataset both pipelines read sequences t*B .. t*B+B-1 at step t: the same data, so the
+  same model (identical train and eval metrics)."""
+  runs = {p: train.run(tiny(**{"train.num_steps": 100, "task.dataset_size": 0, "data.pipeline": p}),
+                       str(tmp_path / p)) for p in ("grain", "device")}
+  grain, device = runs["grain"], runs["device"]
+  assert grain["step"] == device["step"] == 100
+  assert device["train"] == pytest.approx(grain["train"], rel=1e-6)
+  assert device["evals"] == pytest.approx(grain["evals"], rel=1e-6)
+  assert grain["train"]["train/loss"] < 1.5   # and it learned (chance is log 10 = 2.30)
 
 
 def test_workdir_of_another_config_is_refused(full_run, tiny):

@@ -2,7 +2,7 @@
 
   python -m iclscale.analysis.transience runs/transience_cpu [more run dirs...] --out runs/transience_summary
 
-Definitions (the paper's exact ones are unconfirmed, reference singh2023.md §5; these are the project's):
+Definitions (the project's; Singh et al. 2023 describe peak and decay in words, not as these formulas):
   ICL curve     icl_iwl/fewshot_holdout accuracy_closed: 2-way few-shot on never-trained classes relabeled 0/1,
                 argmax over {0, 1} (chance 1/2); --icl picks another evaluator/metric.
   IWL curve     icl_iwl/no_support accuracy_closed: the query class is absent from the context, argmax over the

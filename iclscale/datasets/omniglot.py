@@ -42,6 +42,8 @@ from typing import Sequence, Union
 import numpy as np
 from PIL import Image
 
+from iclscale import cache
+
 PathLike = Union[str, os.PathLike]
 
 NUM_BACKGROUND = 964  # global ids 1..964; evaluation ids are 965..1623
@@ -276,17 +278,11 @@ def _build_base(parts, image_size: int, dtype: str):
   return images, ids[order], [alphabets[i] for i in order]
 
 
-def _cache_dir(cache_dir) -> pathlib.Path:
-  if cache_dir is None:
-    cache_dir = os.environ.get('ICLSCALE_CACHE') or pathlib.Path.home() / '.cache' / 'iclscale'
-  return pathlib.Path(cache_dir) / 'omniglot'
-
-
 def _load_base_cached(parts, image_size, dtype, cache_dir):
   """_build_base behind a .npy cache keyed by source identity and settings."""
   key_json = json.dumps([_CACHE_VERSION, _fingerprint(parts), image_size, dtype])
   key = hashlib.sha256(key_json.encode()).hexdigest()[:20]
-  stem = _cache_dir(cache_dir) / f'omniglot_{image_size}px_{dtype}_{key}'
+  stem = cache.cache_dir('omniglot', cache_dir) / f'omniglot_{image_size}px_{dtype}_{key}'
   npy, meta = stem.with_suffix('.npy'), stem.with_suffix('.json')
   if npy.exists() and meta.exists():
     info = json.loads(meta.read_text())

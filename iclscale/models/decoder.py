@@ -1,11 +1,11 @@
 """A Llama-style token decoder trained from scratch (Russin et al. 2024's model): RMSNorm, RoPE, SwiGLU.
 
 Pre-norm causal blocks over token embeddings, an untied output head read only at the answer positions (the
-`answer_pos` of the batch), so the loss is the answer-token CE of models/gemma3_lm.answer_ce. Grid: 12 layers,
-8 heads, d 64, ffn 128; category: 4 layers, same widths (reference §4). Sequences are unpadded.
+`answer_pos` of the batch), so the loss is the answer-token CE (losses.answer_ce). Grid: 12 layers,
+8 heads, d 64, ffn 128; category: 4 layers, same widths (upstream jlrussin/icl-iwl-interplay, models.py). Sequences are unpadded.
 
 `init_from` starts from another run's parameters (its newest checkpoint): the metalearned weights that
-finetuning copies begin from; that run's checkpoints are only read.
+finetuning copies begin from. The loop reads that run's checkpoint (contracts.Model.init_from); it is only read.
 """
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import os
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from iclscale import config as config_lib
+from iclscale import contracts
+from iclscale import losses
 from iclscale.models import gemma3
-from iclscale.models import gemma3_lm
 
 DEFAULTS = dict(
     name="decoder",
@@ -46,9 +46,7 @@ class Block(nn.Module):
         gemma3.RMSNorm(name="norm_attn")(x_BxTxD)).reshape(B, T, 3, H, h)
     q_BxTxHxh = gemma3.apply_rope(qkv_BxTx3xHxh[:, :, 0], pos_BxT, self.rope_base)
     k_BxTxHxh = gemma3.apply_rope(qkv_BxTx3xHxh[:, :, 1], pos_BxT, self.rope_base)
-    logits_BxHxTxT = jnp.einsum("bthk,bshk->bhts", q_BxTxHxh, k_BxTxHxh) / np.sqrt(h)
-    logits_BxHxTxT = jnp.where(jnp.tril(jnp.ones((T, T), bool)), logits_BxHxTxT, jnp.finfo(jnp.float32).min)
-    out_BxTxHxh = jnp.einsum("bhts,bshk->bthk", jax.nn.softmax(logits_BxHxTxT, -1), qkv_BxTx3xHxh[:, :, 2])
+    out_BxTxHxh = jax.nn.dot_product_attention(q_BxTxHxh, k_BxTxHxh, qkv_BxTx3xHxh[:, :, 2], is_causal=True)
     x_BxTxD = x_BxTxD + nn.Dense(D, use_bias=False, kernel_init=init_normal, name="out")(out_BxTxHxh.reshape(B, T, D))
     gate_BxTxF, up_BxTxF = jnp.split(nn.Dense(2 * self.ffn_dim, use_bias=False, kernel_init=init_normal,
                                               name="gate_up")(gemma3.RMSNorm(name="norm_mlp")(x_BxTxD)), 2, -1)
@@ -83,17 +81,7 @@ def validate(cfg, input_shape: tuple[int, ...]) -> None:
                    "model.init_from", f"{cfg.init_from!r} holds no checkpoints/ (train that run first)")
 
 
-def load_params(workdir: str) -> dict:
-  """The parameters of the newest checkpoint under workdir (host arrays); the checkpoint is only read."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  with ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), item_names=("state",)) as mngr:
-    step = mngr.latest_step()
-    config_lib.check(step is not None, "model.init_from", f"{workdir} has no complete checkpoint")
-    state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-  return jax.tree.map(np.asarray, state["params"])
-
-
-def build(cfg, task):
+def build(cfg, task: contracts.Task) -> contracts.Model:
   module = Decoder(task.vocab_size, cfg.width, cfg.num_layers, cfg.num_heads, cfg.ffn_dim, cfg.rope_base)
 
   def init(key, batch):
@@ -102,16 +90,4 @@ def build(cfg, task):
   def apply(params, batch):
     return module.apply({"params": params}, batch["tokens"], batch["answer_pos"])
 
-  def load():
-    params = load_params(cfg.init_from)
-    example = task.example_batch()
-    if getattr(task, "num_copies", 1) > 1:  # one copy's batch: models.with_copies stacks the copies
-      example = jax.tree.map(lambda x: x[0], example)
-    want = jax.eval_shape(init, jax.random.key(0), example)
-    same = jax.tree.structure(want) == jax.tree.structure(params) and all(
-        a.shape == b.shape for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(params)))
-    config_lib.check(same, "model.init_from", f"{cfg.init_from} holds parameters of another architecture")
-    return params
-
-  from iclscale.models import Model  # pylint: disable=g-import-not-at-top  # the registry imports this module
-  return Model(module, init, apply, loss=gemma3_lm.answer_ce, load=load if cfg.init_from else None)
+  return contracts.Model(module, init, apply, loss=losses.answer_ce, init_from=cfg.init_from)

@@ -6,7 +6,8 @@
      under equal priors). A region is thus "the class the query looks like"; noise that carries x_q across a
      boundary is an error g cannot learn away. 'mlp': [hidden..., K] ReLU on x_q, as upstream.
   h  in-context predictor: h = Σ_j softmax_j(−‖x_j − x_q‖²/τ)·onehot(y_j), with τ = exp(log_tau) learnable
-     (one exponential, unlike upstream's exp(exp(·)), caveat #6). Clipped at prob_floor before every log.
+     (one exponential, unlike upstream's ICPredictor in chanb/simple_icl src/models.py, which
+     divides by exp(exp(log_temp))). Clipped at prob_floor before every log.
   α  the probability of using g. 'table': one α ∈ [0, 1] per query region, stored as the probability itself so
      the gate's loss m_t(α) = α·(ℓ_g − ℓ_h) is linear in the parameter (online convex optimisation; learners
      project onto [0, 1]). 'mlp': sigmoid of [hidden..., 1] ReLU on the flattened context + query, as upstream.
@@ -20,17 +21,15 @@ mode='end_to_end' is upstream's variant: the log-loss of f, by any optimizer (Ad
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from iclscale import config as config_lib
-from iclscale import evaluate
-from iclscale import learners  # noqa: F401  # registers optim 'bilevel', which trains the g/h/alpha groups
+from iclscale import contracts
 
 DEFAULTS = dict(
     name="gated",
@@ -174,9 +173,8 @@ def validate(cfg, input_shape: tuple[int, ...]) -> None:
   config_lib.check(0.0 < cfg.prob_floor < 1.0, "model.prob_floor", f"must lie in (0, 1), got {cfg.prob_floor}")
 
 
-def build(cfg, task) -> Any:
-  from iclscale.models import Model  # pylint: disable=g-import-not-at-top  # the registry imports this module
-  arrays = getattr(task, "arrays", {}) or {}
+def build(cfg, task: contracts.Task) -> contracts.Model:
+  arrays = task.arrays
   uses_regions = "table" in (cfg.g, cfg.alpha)
   config_lib.check(not uses_regions or "prototypes" in arrays, "model.g",
                    "the table options index regions by the task's prototypes (task.arrays['prototypes']); "
@@ -189,55 +187,4 @@ def build(cfg, task) -> Any:
 
   def apply(params, batch):
     return module.apply({"params": params}, batch["x"], batch["ctx_labels"], prototypes_RxD)
-  return Model(module, init, apply, make_loss(cfg))
-
-
-# --- evaluator: f, g and h side by side on the task's evaluation sets ---------------------------------------
-
-GATED_HEADS = dict(
-    type="gated_heads",
-    sets="grid",            # which family of evaluation sets the task builds (the stylized IBD/OOBD grid)
-    num_examples=1000,      # sequences per set
-    batch_size=500,         # sequences per forward pass
-    prob_floor=1e-7,        # probabilities clipped here before the cross-entropy (h is 0 off its context labels)
-)
-
-
-def batched_outputs(apply, params: Any, batch: dict, batch_size: int) -> Any:
-  """Model outputs (any pytree) of N sequences, batch_size at a time."""
-  n = batch["target"].shape[0]
-  chunks = jax.tree.map(lambda x: x.reshape((n // batch_size, batch_size) + x.shape[1:]), batch)
-  out = jax.lax.map(lambda b: apply(params, b), chunks)
-  return jax.tree.map(lambda x: x.reshape((n,) + x.shape[2:]), out)
-
-
-def head_metrics(out: dict, batch: dict, floor: float) -> dict[str, jax.Array]:
-  """f's error/accuracy/ce under the usual names (so f compares with any model), g_* and h_*, and mean α."""
-  per = head_losses(out, batch["target"], floor)
-  ce_g = optax.softmax_cross_entropy_with_integer_labels(out["log_g"], batch["target"])  # log_g is normalized
-  metrics = dict(error=per["f_err"].mean(), accuracy=(1.0 - per["f_err"]).mean(), ce=per["f"].mean(),
-                 g_error=per["g_err"].mean(), g_ce=ce_g.mean(), h_error=per["h_err"].mean(), h_ce=per["h"].mean(),
-                 alpha=out["alpha"].mean())
-  if "context_has_query" in batch:
-    metrics["context_has_query"] = batch["context_has_query"].astype(jnp.float32).mean()
-  return metrics
-
-
-class GatedHeads(evaluate.QueryClassification):
-  """QueryClassification's sets and stacking, with metrics of f, g, h and α instead of a logits readout."""
-
-  def __init__(self, name: str, cfg, task: Any, apply, mesh):
-    super().__init__(name, cfg, task, apply, mesh)  # builds the stacked sets; its logits function is never run
-
-    def all_metrics(params, stacked):
-      return jax.lax.map(lambda b: head_metrics(batched_outputs(apply, params, b, cfg.batch_size), b,
-                                                cfg.prob_floor), stacked)
-    self._fn = jax.jit(all_metrics)
-
-
-def validate_gated_heads(name: str, cfg, parallelism: int) -> None:
-  evaluate.validate_query_classification(name, cfg, parallelism)
-  config_lib.check(0.0 < cfg.prob_floor < 1.0, f"evals.{name}.prob_floor", f"must lie in (0, 1), got {cfg.prob_floor}")
-
-
-evaluate.REGISTRY["gated_heads"] = (GATED_HEADS, validate_gated_heads, GatedHeads)
+  return contracts.Model(module, init, apply, make_loss(cfg))

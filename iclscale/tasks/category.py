@@ -88,9 +88,6 @@ def validate(cfg) -> None:
   episodes.validate(cfg, CURRICULA, cfg.num_dims * (cfg.num_dims - 1))
 
 
-num_copies = episodes.num_copies
-
-
 def input_shape(cfg) -> tuple[int, ...]:
   del cfg
   return (episodes.seq_len(num_study=32, answer_len=1),)

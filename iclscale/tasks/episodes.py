@@ -3,7 +3,7 @@
 One sample (every sample of a task has the same length, so nothing is padded):
   <|endoftext|> item_1 : answer_1 <sep> ... item_S : answer_S <sep> query : <mask> [<mask>]
 The logits at the <mask> positions are trained to emit the answer tokens (upstream's masked objective read by a
-causal decoder); accuracy is an exact match of all answer tokens (models/gemma3_lm.answer_ce).
+causal decoder); accuracy is an exact match of all answer tokens (losses.answer_ce).
 
 Episodes are keyed: a key in [0, num_episodes) is the episode's content (grid permutations, category dimension
 pair). The seed shuffles the keys once; the first num_train_episodes are the metalearning corpus and the last
@@ -107,7 +107,6 @@ class EpisodicTask(abc.ABC):
   words: tuple[str, ...]
   answer_len: int
   num_episodes: int
-  scheduled = True   # batch() reads the step (the finetuning blocks)
 
   def __init__(self, cfg, seed: int):
     self.cfg, self.seed = cfg, seed
@@ -142,14 +141,15 @@ class EpisodicTask(abc.ABC):
     return stack([self.episode(int(k), curriculum, rotated, np.random.default_rng([self.seed, int(k)]),
                                np.random.default_rng([self.seed, int(k), *tags])) for k in keys])
 
-  def batch(self, arrays: dict, indices_B, step=None) -> dict:
+  def batch(self, arrays: dict, indices_B, step) -> dict:
+    """Metalearning: sample i of the corpus. Finetuning: indices [E * b] -> per copy [E, b] draws of the study
+    items of the phase `step` is in (blocked: A for steps_per_block steps, then B, ...)."""
     idx = indices_B.astype(jnp.int32)
     if self.cfg.mode == "metalearn":
       e, q = idx // self.queries, idx % self.queries
       return sequences(arrays["ctx"][e], arrays["items"][e, q], arrays["answers"][e, q])
     E = self.num_copies
     idx_Exb = idx.reshape(E, -1)
-    step = jnp.zeros((), jnp.int32) if step is None else step
     phase = 2 if self.cfg.finetune_schedule == "interleaved" else (step // self.cfg.steps_per_block) % 2
     count_Ex1 = arrays["phase_count"][phase][:, None]
     s_Exb = jnp.take_along_axis(arrays["phase_items"][phase], idx_Exb % count_Ex1, axis=1)
@@ -175,6 +175,3 @@ class EpisodicTask(abc.ABC):
     if flat:
       out = {k: v.reshape((-1,) + v.shape[2:]) for k, v in out.items()}
     return out
-
-  def example_batch(self) -> dict:
-    return self.batch(self.arrays, jnp.zeros((2 * self.num_copies,), jnp.uint32))

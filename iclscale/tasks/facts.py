@@ -1,6 +1,7 @@
-"""Person -> city facts to memorize in a language model's weights (Chan et al. 2024 §12, scaled up).
+"""Person -> city facts to memorize in a language model's weights (Chan et al. 2024's LLM experiment, scaled up).
 
-Names and cities are half real, half nonsense (the reference's eight of each, extended to sixteen). The seed
+Names and cities are half real, half nonsense (the authors' prototype, chanb/simple_icl fine_tuning_tutorial.ipynb,
+has four of each kind; here sixteen). The seed
 shuffles each kind and deals names out alternately real/nonsense, so the trained facts and the held-out names
 (never trained) hold both kinds equally; name i lives in city i, and each name also gets one other city, the
 conflicting city its in-context probe states. Everything is tokenized once on the host into fixed-length,
@@ -19,6 +20,7 @@ import ml_collections
 import numpy as np
 
 from iclscale import config as config_lib
+from iclscale import tokenizer
 
 DEFAULTS = dict(
     name="facts",
@@ -40,7 +42,6 @@ NONSENSE_CITIES = ("Lkkl", "Plooqujhd", "Nwops", "Qtbnaaa", "Vrrunsk", "Zmoqa", 
 QUESTION = "Where does {name} live? Only give the name of the city."
 CONTEXT = "{name} lives in the city of {city}. "
 ANSWER = " {city}"
-BOS_ID, PAD_ID = 2, 0  # Gemma's ids; the byte tokenizer shares them (printable ASCII starts at 32)
 PROBE_SETS = ("iw/trained", "ic/trained", "ic/heldout")
 
 
@@ -73,16 +74,16 @@ def assign(seed: int) -> tuple[list[str], list[str], list[str]]:
 
 @functools.lru_cache(maxsize=None)
 def gemma3_tokenizer_model():
-  from iclscale.models import gemma3_tokenizer  # pylint: disable=g-import-not-at-top  # sentencepiece, when used
-  return gemma3_tokenizer.load_tokenizer()
+  return tokenizer.load_tokenizer()
 
 
 def make_encoder(kind: str):
   """(encode(text, bos) -> ids, vocabulary size the ids need)."""
   if kind == "bytes":
-    return (lambda text, bos: [BOS_ID] * bos + list(text.encode("ascii"))), 128
+    # Gemma's BOS and PAD ids are kept: printable ASCII starts at 32.
+    return (lambda text, bos: [tokenizer.BOS_ID] * bos + list(text.encode("ascii"))), 128
   tok = gemma3_tokenizer_model()
-  return (lambda text, bos: [BOS_ID] * bos + list(tok.encode(text))), tok.vocab_size()
+  return (lambda text, bos: tokenizer.encode(tok, text, bos)), tok.vocab_size()
 
 
 def pack(pairs: list[tuple[list[int], list[int]]], length: int, answer_len: int, field: str) -> dict:
@@ -90,7 +91,7 @@ def pack(pairs: list[tuple[list[int], list[int]]], length: int, answer_len: int,
   longest = max(len(p) + len(a) for p, a in pairs)
   length = length or -(-longest // 8) * 8
   config_lib.check(longest <= length, f"task.{field}", f"{length} is too short: the longest sequence has {longest}")
-  out = dict(tokens=np.full((len(pairs), length), PAD_ID, np.int32),
+  out = dict(tokens=np.full((len(pairs), length), tokenizer.PAD_ID, np.int32),
              answer_pos=np.zeros((len(pairs), answer_len), np.int32),
              answer_tok=np.zeros((len(pairs), answer_len), np.int32),
              answer_mask=np.zeros((len(pairs), answer_len), bool))
@@ -137,12 +138,10 @@ class FactsTask:
     length = cfg.probe_len or -(-max(len(p) + len(a) for ps in pairs.values() for p, a in ps) // 8) * 8
     self.probes = {s: pack(ps, length, self.answer_len, "probe_len") for s, ps in pairs.items()}
 
-  def batch(self, arrays: dict, indices_B) -> dict:
+  def batch(self, arrays: dict, indices_B, step) -> dict:
     """Training sequences: fact `index` (the Grain sampler draws indices uniformly from [0, num_facts))."""
+    del step
     return {k: v[indices_B.astype(jnp.int32)] for k, v in arrays.items()}
-
-  def example_batch(self) -> dict:
-    return {k: v[:2] for k, v in self.arrays.items()}
 
   def eval_sets(self, kind: str, num_examples: int) -> dict[str, dict]:
     """{set: batch}: rows [0, n) answer the conflicting ('context') city, rows [n, 2n) the memorized one.

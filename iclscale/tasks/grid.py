@@ -96,9 +96,6 @@ def validate(cfg) -> None:
   episodes.config_lib.check_prob(cfg, "flip_xy", "task")
 
 
-num_copies = episodes.num_copies
-
-
 def input_shape(cfg) -> tuple[int, ...]:
   del cfg
   return (episodes.seq_len(num_study=9, answer_len=2),)

@@ -1,12 +1,13 @@
 """The stylized ICL/IWL distribution of Chan et al. 2024 (`iclr_2025` semantics), as a pure function of (seed, index).
 
-Facts (paper §2 of the reference): K = |C_H| + |C_L| classes with unit-norm Gaussian prototypes; the query class
+Facts (upstream chanb/simple_icl, src/datasets/synthetic.py): K = |C_H| + |C_L| classes with unit-norm Gaussian prototypes; the query class
 is drawn from w (p_high spread over C_H, the rest over C_L); the L context labels are iid from w; r ~ Binomial(L,
-p_relevant) slots hold the query class (existing matches count; we clamp the upstream negative replacement count
-at 0, caveat #5); with r = 0 every slot equal to the query class is re-drawn once; inputs are prototype + σ·noise;
+p_relevant) slots hold the query class (existing matches count; we clamp at 0 the replacement count r - matches,
+which upstream lets go negative when natural matches exceed r); with r = 0 every slot equal to the query class is re-drawn once; inputs are prototype + σ·noise;
 OOBD shifts every label cyclically inside its frequency group; label noise moves a label to (y+1) mod K.
 
-Unlike upstream (caveat #1), each evaluation set has its own random stream, so it never repeats training sequences.
+Upstream builds sequence i from RandomState(i) in every split, so its evaluation sequences repeat training ones;
+here each evaluation set has its own random stream, so it never repeats training sequences.
 Evaluation targets are noise-free, so error measures the predictor rather than the label-noise floor.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from iclscale import config as config_lib
+from iclscale import pipeline
 
 DEFAULTS = dict(
     name="stylized",
@@ -133,7 +135,7 @@ def sample_sequence(key: jax.Array, mu_KxD: jax.Array, spec: Spec, c: dict) -> d
 
 
 def sample_batch(key: jax.Array, mu_KxD: jax.Array, indices_B: jax.Array, spec: Spec, c: dict) -> dict:
-  keys_B = jax.vmap(jax.random.fold_in, (None, 0))(key, indices_B)
+  keys_B = pipeline.index_keys(key, indices_B)  # [B] or [B, 2] (hi, lo): see iclscale/pipeline.py
   return jax.vmap(sample_sequence, (0, None, None, None))(keys_B, mu_KxD, spec, c)
 
 
@@ -160,8 +162,9 @@ class StylizedTask:
     self.arrays = dict(prototypes=prototypes(stream_key(seed, "prototypes"), self.num_classes, cfg.dim),
                        train_key=jax.random.key_data(stream_key(seed, "train")))
 
-  def batch(self, arrays: dict, indices_B: jax.Array) -> dict[str, jax.Array]:
-    """Training sequences `indices_B`: a pure function of (seed, index), run on the device."""
+  def batch(self, arrays: dict, indices_B: jax.Array, step: jax.Array) -> dict[str, jax.Array]:
+    """Training sequences `indices_B`: a pure function of (seed, index), run on the device (any step)."""
+    del step
     key = jax.random.wrap_key_data(arrays["train_key"])
     return sample_batch(key, arrays["prototypes"], indices_B, self.spec,
                         cell(self.cfg.p_relevant, self.cfg.num_relevant))

@@ -1,4 +1,4 @@
-"""Chan et al. 2024's stylized distribution over Omniglot (reference chan2024.md §9): images instead of prototypes.
+"""Chan et al. 2024's stylized distribution over Omniglot (upstream chanb/simple_icl, src/datasets/omniglot.py): images instead of prototypes.
 
 Class k (of |C_H| + |C_L| <= 1623) is Omniglot character k in the table's order (global id k + 1; Chan et al. used
 torchvision's folder order, so their class k is usually another character) and its input is one fixed drawing
@@ -62,8 +62,8 @@ class StylizedOmniglotTask(stylized.StylizedTask):
   def _as_images(self, batch: dict) -> dict:
     return dict(batch, x=batch["x"].reshape(batch["x"].shape[:-1] + self.image_shape))
 
-  def batch(self, arrays: dict, indices_B: jax.Array) -> dict:
-    return self._as_images(super().batch(arrays, indices_B))
+  def batch(self, arrays: dict, indices_B: jax.Array, step: jax.Array) -> dict:
+    return self._as_images(super().batch(arrays, indices_B, step))
 
   def eval_sets(self, kind: str, num_examples: int) -> dict:
     return {n: self._as_images(s) for n, s in super().eval_sets(kind, num_examples).items()}

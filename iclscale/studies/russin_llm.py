@@ -1,8 +1,9 @@
 """Few-shot Gemma 3 270M on the grid task's text prompts: the stand-in for the LLM table of Russin et al. 2024.
 
-  python -m iclscale.analysis.russin_llm --out runs/russin_llm [--episodes 5] [--seed 0] [--weights tiny]
+  python -m iclscale.studies.russin_llm --out runs/russin_llm [--episodes 5] [--seed 0] [--weights tiny]
 
-Prompts (russin2024.md §3, §9; the preface is upstream's prompts.py `preface3`, for a base model): per rotation
+Prompts (Russin et al. 2024's LLM experiment, upstream jlrussin/icl-iwl-interplay prompts.py and
+scripts/grid_llama_70b.sh; the preface is prompts.py's `preface3`, for a base model): per rotation
 (rule, rotated) x curriculum, --episodes grid episodes with their 16 test items each (5 x 16 = 80 prompts per
 cell, GPT-3.5's n). Every cell uses the same episode keys and the same layout rng, so the axis flip is paired too.
   There are 5 kinds of animals ... of some of the colored animals:\nred dog : 2 3\n... (9 study lines)\nblue cat :
@@ -17,18 +18,20 @@ from __future__ import annotations
 import argparse
 import os
 import time
+import types
 
 import jax
 import ml_collections
 import numpy as np
 
-from iclscale import fact_probes, results
-from iclscale.models import gemma3, gemma3_lm
+from iclscale import losses, results
+from iclscale.analysis.stats import mean_ci95
+from iclscale.models import gemma3_lm
 from iclscale.tasks import episodes, facts, grid
+from iclscale.tasks.episodes import ROTATIONS
 
-ROTATIONS = ("rule", "rotated")
 CURRICULA = ("aligned", "blocked", "interleaved", "misaligned")   # the paper table's column order
-# russin2024.md §9 (upstream notebooks/llm_results_aggregated.csv): (successes, n) on the 16 test cells.
+# Upstream jlrussin/icl-iwl-interplay notebooks/llm_results_aggregated.csv: (successes, n) on the 16 test cells.
 PAPER = {
     "GPT-3.5": {"rule": dict(aligned=(75, 80), blocked=(77, 80), interleaved=(63, 80), misaligned=(41, 80)),
                 "rotated": dict(aligned=(0, 80), blocked=(0, 80), interleaved=(1, 80), misaligned=(0, 80))},
@@ -75,29 +78,19 @@ def encode_pair(encode, prompt: str, answer: str) -> tuple[list[int], list[int]]
   return prompt_ids, full_ids[len(prompt_ids):]
 
 
-def load_model(weights: str, example: dict, seed: int):
-  """(apply(params, batch) -> answer-position logits, params on device, model name)."""
-  if weights == "tiny":   # gemma3_lm's tiny test model: 2 layers, random weights, the byte vocabulary
-    cfg = gemma3_lm.architecture(ml_collections.ConfigDict(dict(gemma3_lm.DEFAULTS, weights="tiny")))
-  else:
-    from iclscale.models import gemma3_weights  # pylint: disable=g-import-not-at-top  # gguf, only when used
-    cfg, params = gemma3_weights.load_gemma3(None)
-  module = gemma3.Gemma3(cfg)
-
-  def apply(params, batch):
-    tokens_BxT = batch["tokens"]
-    return module.apply({"params": params}, tokens_BxT, input_mask_BxT=tokens_BxT != facts.PAD_ID,
-                        logits_at_BxN=batch["answer_pos"])
-  if weights == "tiny":
-    init = lambda key, b: module.init(key, b["tokens"], logits_at_BxN=b["answer_pos"])["params"]
-    params = gemma3_lm.random_params(init, example, seed)
-    return apply, jax.device_put(params), "Gemma 3 tiny (random)"
-  return apply, jax.device_put(params), "Gemma 3 270M (Q4_K_M)"
+def load_model(weights: str, example: dict, seed: int, vocab_size: int):
+  """(apply(params, batch) -> answer-position logits, params on device, model name): the registry's gemma3 model,
+  loaded as the training loop loads it."""
+  cfg = ml_collections.FrozenConfigDict(dict(gemma3_lm.DEFAULTS, weights=weights))
+  model = gemma3_lm.build(cfg, types.SimpleNamespace(vocab_size=vocab_size, seed=seed))
+  params = model.load(jax.eval_shape(model.init, jax.random.key(0), example))
+  name = "Gemma 3 tiny (random)" if weights == "tiny" else "Gemma 3 270M (Q4_K_M)"
+  return model.apply, jax.device_put(params), name
 
 
 def score(apply, params, rows: dict) -> dict[str, np.ndarray]:
   """Per-row logp and exact, BATCH rows per jitted forward (every batch one shape: one compile)."""
-  fn = jax.jit(lambda p, b: fact_probes.answer_scores(apply(p, b), b))
+  fn = jax.jit(lambda p, b: losses.answer_scores(apply(p, b), b))
   total = len(rows["tokens"])
   padded = -(-total // BATCH) * BATCH
   rows = {k: np.concatenate([v, np.repeat(v[:1], padded - total, 0)]) for k, v in rows.items()}
@@ -161,10 +154,10 @@ def run(out: str, num_episodes: int = 5, seed: int = 0, weights: str = "") -> li
   """Build the prompts, score them, write llm_grid.csv / .png and print the table; returns the rows."""
   t0 = time.time()
   prompts = make_prompts(seed, num_episodes)
-  encode, _ = facts.make_encoder("bytes" if weights == "tiny" else "gemma3")
+  encode, vocab_size = facts.make_encoder("bytes" if weights == "tiny" else "gemma3")
   pairs = [encode_pair(encode, p, a) for cell in prompts.values() for p, a in cell]
   rows = facts.pack(pairs, 0, max(len(a) for _, a in pairs), "prompt_len")
-  apply, params, name = load_model(weights, {k: v[:BATCH] for k, v in rows.items()}, seed)
+  apply, params, name = load_model(weights, {k: v[:BATCH] for k, v in rows.items()}, seed, vocab_size)
   t1 = time.time()
   print(f"{len(pairs)} prompts of {rows['tokens'].shape[1]} tokens (padded); {name} loaded in {t1 - t0:.0f} s",
         flush=True)
@@ -175,7 +168,7 @@ def run(out: str, num_episodes: int = 5, seed: int = 0, weights: str = "") -> li
   for (rot, cur), cell in prompts.items():
     sl = slice(start, start + len(cell))
     start += len(cell)
-    (exact, exact_ci), (logp, logp_ci) = (fact_probes.mean_ci95(scores[m][sl]) for m in ("exact", "logp"))
+    (exact, exact_ci), (logp, logp_ci) = (mean_ci95(scores[m][sl]) for m in ("exact", "logp"))
     gpt, llama = (PAPER[m][rot][cur][0] / PAPER[m][rot][cur][1] for m in ("GPT-3.5", "Llama-2-70B"))
     table.append(dict(model=name, rotation=rot, curriculum=cur, n=len(cell), exact=exact, exact_ci95=exact_ci,
                       logp=logp, logp_ci95=logp_ci, gpt35_paper=gpt, llama2_70b_paper=llama))

@@ -14,13 +14,14 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from scipy import stats
 
 from iclscale import config as config_lib
-from iclscale import evaluate
+from iclscale import contracts
+from iclscale import losses
 from iclscale import mesh as mesh_lib
+from iclscale.analysis import stats
+from iclscale.evaluators import batched
 
 FACT_PROBES = dict(
     type="fact_probes",
@@ -29,28 +30,10 @@ FACT_PROBES = dict(
 ROW_KEYS = ("tokens", "answer_pos", "answer_tok", "answer_mask")
 
 
-def answer_scores(logits_BxNxV: jax.Array, batch: dict, slot: int = 0) -> dict[str, jax.Array]:
-  """Per sequence: log p(answer), exact greedy match, rank of answer token `slot` (the first that tells the
-  cities apart: a byte tokenizer's shared leading space carries no information)."""
-  logp_BxNxV = jax.nn.log_softmax(logits_BxNxV.astype(jnp.float32), -1)
-  tok_BxN, mask_BxN = batch["answer_tok"], batch["answer_mask"]
-  tok_logp_BxN = jnp.take_along_axis(logp_BxNxV, tok_BxN[..., None], -1)[..., 0]
-  return dict(logp=jnp.sum(jnp.where(mask_BxN, tok_logp_BxN, 0.0), -1),
-              exact=jnp.all((jnp.argmax(logp_BxNxV, -1) == tok_BxN) | ~mask_BxN, -1).astype(jnp.float32),
-              rank=jnp.sum(logp_BxNxV[:, slot] > tok_logp_BxN[:, slot, None], -1).astype(jnp.float32))
-
-
 def first_distinct_slot(answer_tok_MxN: np.ndarray) -> int:
   """The first answer slot whose token is not the same in every row."""
   same_N = np.all(answer_tok_MxN == answer_tok_MxN[:1], axis=0)
   return int(np.argmin(same_N)) if not same_N.all() else 0
-
-
-def mean_ci95(x: np.ndarray) -> tuple[float, float]:
-  """Mean and half-width of the 95% Student-t interval (0 for a single value)."""
-  n = len(x)
-  half = stats.t.ppf(0.975, n - 1) * np.std(x, ddof=1) / np.sqrt(n) if n > 1 else 0.0
-  return float(np.mean(x)), float(half)
 
 
 def summarize(scores: dict[str, np.ndarray]) -> dict[str, float]:
@@ -61,31 +44,28 @@ def summarize(scores: dict[str, np.ndarray]) -> dict[str, float]:
   per_fact["prefers_context"] = (scores["logp"][:n] > scores["logp"][n:]).astype(np.float32)
   out = {}
   for m, v in per_fact.items():
-    out[m], out[f"{m}_ci95"] = mean_ci95(v)
+    out[m], out[f"{m}_ci95"] = stats.mean_ci95(v)
   return out
 
 
-class FactProbes:
+class FactProbes(contracts.Evaluator):
   """All probe sets concatenated into one row batch: one compiled forward, split per set on the host."""
 
-  def __init__(self, name: str, cfg, task: Any, apply: Callable, mesh):
-    self.name = name
+  def __init__(self, name: str, cfg, task: contracts.Task, apply: Callable, mesh):
+    super().__init__(name)
     sets = task.eval_sets("probes", 0)
     self.sizes = {s: len(b["tokens"]) for s, b in sets.items()}
     rows = {k: np.concatenate([np.asarray(b[k]) for b in sets.values()]) for k in ROW_KEYS}
-    total = len(rows["tokens"])
-    padded = -(-total // cfg.batch_size) * cfg.batch_size
-    rows = {k: np.concatenate([v, np.repeat(v[:1], padded - total, 0)]) for k, v in rows.items()}
+    rows = {k: batched.pad_rows(v, cfg.batch_size) for k, v in rows.items()}   # copies of row 0, ignored
     slot = first_distinct_slot(rows["answer_tok"])
     self.rows = {k: mesh_lib.from_host_copy(v, mesh_lib.replicated(mesh)) for k, v in rows.items()}
 
     def all_scores(params, rows):
-      chunks = jax.tree.map(lambda x: x.reshape((padded // cfg.batch_size, cfg.batch_size) + x.shape[1:]), rows)
-      out = jax.lax.map(lambda b: answer_scores(apply(params, b), b, slot), chunks)
-      return jax.tree.map(lambda x: x.reshape(padded), out)
+      return batched.batched_apply(lambda p, b: losses.answer_scores(apply(p, b), b, slot), params, rows,
+                                   cfg.batch_size)
     self._fn = jax.jit(all_scores)
 
-  def __call__(self, params: Any) -> dict[tuple[str, str], float]:
+  def __call__(self, params: Any) -> contracts.Rows:
     scores = jax.device_get(self._fn(params, self.rows))
     out, start = {}, 0
     for s, size in self.sizes.items():
@@ -94,7 +74,8 @@ class FactProbes:
       start += size
     return out
 
-  def plot(self, workdir: str) -> str:
+  def finalize(self, workdir: str) -> str:
+    """The probe curves (analysis/facts_plot.py) from the run's results table."""
     from iclscale.analysis import facts_plot  # pylint: disable=g-import-not-at-top  # matplotlib, at the end only
     return facts_plot.plot(workdir, self.name)
 
@@ -103,5 +84,3 @@ def validate_fact_probes(name: str, cfg, parallelism: int) -> None:
   del parallelism  # the probe rows are few and replicated: any batch size runs on any mesh
   config_lib.check_positive(cfg, "batch_size", f"evals.{name}")
 
-
-evaluate.REGISTRY["fact_probes"] = (FACT_PROBES, validate_fact_probes, FactProbes)

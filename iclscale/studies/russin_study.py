@@ -1,8 +1,8 @@
 """Russin et al. 2024's experiments, run through the training loop, and their results table next to the paper's.
 
-  python -m iclscale.analysis.russin_study --task grid                       # CPU scale, seeds 0 1
-  python -m iclscale.analysis.russin_study --task category --seeds 0,1,2
-  python -m iclscale.analysis.russin_study --task grid --scale full --seeds 0,1,2,3,4,5,6,7,8,9   # accelerator
+  python -m iclscale.studies.russin_study --task grid                       # CPU scale, seeds 0 1
+  python -m iclscale.studies.russin_study --task category --seeds 0,1,2
+  python -m iclscale.studies.russin_study --task grid --scale full --seeds 0,1,2,3,4,5,6,7,8,9   # accelerator
 
 Per seed, every run an ordinary resumable run in its own sub-workdir (skipped when complete):
   meta_rule, meta_rotated   metalearning (ICL) on rule-like / rotated episodes, blocked contexts
@@ -10,7 +10,7 @@ Per seed, every run an ordinary resumable run in its own sub-workdir (skipped wh
                             finetuning (IWL) of one copy per held-out episode on its study items, blocked
                             (A, B, A, B) or interleaved, with the same curriculum in context; from fresh weights
                             (IWL only) or from meta_rule (ICL + IWL, as upstream's unrotated-blocked models)
-Measures (reference §7): ICL = few-shot test-item accuracy on held-out episodes before any finetuning;
+Measures (upstream jlrussin/icl-iwl-interplay, notebooks/prepare_results_for_stats.ipynb): ICL = few-shot test-item accuracy on held-out episodes before any finetuning;
 retention = study-item accuracy after the last finetuning block; generalization = test-item accuracy then.
 Reported: mean and 95% t-interval over seeds (each seed's value a mean over its held-out episodes).
 Writes russin_<task>.csv, .md, .png (the table) and russin_<task>_curves.png (finetuning curves) in --workdir.
@@ -25,12 +25,12 @@ import os
 import numpy as np
 
 from iclscale import results
-from iclscale.fact_probes import mean_ci95
+from iclscale.analysis.stats import mean_ci95
+from iclscale.tasks.episodes import ROTATIONS
 
-ROTATIONS = ("rule", "rotated")
 SCHEDULES = ("blocked", "interleaved")
 CONDITIONS = ("iwl_only", "icl_iwl")
-# Reference §8: mean accuracy from upstream's shipped CSVs; (measure, rotation) -> (blocked, interleaved).
+# Mean accuracy of upstream's shipped CSVs (notebooks/{category,grid}_{icl_only,icl_iwl}.csv); (measure, rotation) -> (blocked, interleaved).
 PAPER = {
     "category": {("iwl_only/retention", "rule"): (0.500, 1.000), ("iwl_only/retention", "rotated"): (0.500, 0.987),
                  ("icl/fewshot", "rule"): (1.000, 0.806), ("icl/fewshot", "rotated"): (0.724, 0.645),

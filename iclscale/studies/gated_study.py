@@ -1,6 +1,6 @@
 """The gated model's N sweep beside the theory's predictions (and, optionally, the transformer's).
 
-  python -m iclscale.analysis.gated_study --workdir runs/gated_study [--scale quick] [--transformer_runs DIR]
+  python -m iclscale.studies.gated_study --workdir runs/gated_study [--scale quick] [--transformer_runs DIR]
       [--sigmas 0,0.2] [--p_highs 0.9] [--seeds 0,1,2] [--log2n 6,13]     # override the scale's sweep
 
 Sweeps N (2^6 .. 2^k sequences, one streaming pass each), σ and p_high over seeds with configs/chan2024_gated.py;
@@ -283,13 +283,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   for field, cast in (("sigmas", float), ("p_highs", float), ("seeds", int), ("log2n", int)):
     if getattr(args, field):
       sc[field] = tuple(cast(v) for v in getattr(args, field).split(","))
-  import jax  # pylint: disable=g-import-not-at-top
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  from iclscale import train  # pylint: disable=g-import-not-at-top
   absl_logging.set_verbosity(absl_logging.WARNING)  # one progress line per run instead of every scalar
   # Runs of one (σ, p_high, seed) differ only in N, so their programs are compiled once and then read back.
-  jax.config.update("jax_compilation_cache_dir",
-                    os.environ.get("ICLSCALE_JAX_CACHE", os.path.expanduser("~/.cache/iclscale/jax")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  train.enable_compilation_cache(min_compile_secs=0.0)
   os.makedirs(args.workdir, exist_ok=True)
   points = sweep(args.workdir, sc)
   rows = gated_rows(points)

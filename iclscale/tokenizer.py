@@ -1,4 +1,4 @@
-"""Gemma 3 SentencePiece tokenizer rebuilt from GGUF metadata.
+"""Gemma 3 SentencePiece tokenizer rebuilt from GGUF metadata (used by the facts task and the Gemma 3 model).
 
 The GGUF carries the full vocabulary (pieces, scores, piece types); the `gemma` wheel ships no
 tokenizer and the official one lives on gs://, so the SentencePiece ModelProto is rebuilt here.
@@ -25,11 +25,14 @@ from typing import Sequence
 
 import numpy as np
 
-from iclscale.models import gemma3_weights
+from iclscale import cache as cache_lib
+from iclscale import gguf_file
 
 # SentencePiece piece types; GGUF's token_type enum uses the same numbers.
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 BOS_ID = 2
+# The padding id of the Gemma tokenizer (and of the tasks' byte tokenizer): never attended to.
+PAD_ID = 0
 _TURN_MARKERS = ("<start_of_turn>", "<end_of_turn>")
 _CACHE_FORMAT = 1
 
@@ -132,7 +135,7 @@ def model_proto_from_gguf(reader) -> bytes:
 
 
 def _cached_model_path(key: str, cache: str | os.PathLike | None) -> Path:
-  return gemma3_weights.cache_dir(cache) / f"gemma3_tokenizer_{key}_v{_CACHE_FORMAT}.model"
+  return cache_lib.cache_dir("", cache) / f"gemma3_tokenizer_{key}_v{_CACHE_FORMAT}.model"
 
 
 def cache_tokenizer_from_reader(reader, key: str,
@@ -150,12 +153,12 @@ def tokenizer_model_path(gguf_path: str | os.PathLike | None = None, *,
                          cache: str | os.PathLike | None = None) -> Path:
   """Path of the cached SentencePiece .model for a GGUF (default: the 270M package)."""
   path = (Path(gguf_path) if gguf_path is not None
-          else gemma3_weights.default_gguf_path(cache))
-  key = gemma3_weights.gguf_cache_key(path)
+          else gguf_file.default_gguf_path(cache))
+  key = gguf_file.gguf_cache_key(path)
   model = _cached_model_path(key, cache)
   if model.exists():
     return model
-  return cache_tokenizer_from_reader(gemma3_weights.open_gguf(path), key, cache)
+  return cache_tokenizer_from_reader(gguf_file.open_gguf(path), key, cache)
 
 
 def load_tokenizer(gguf_path: str | os.PathLike | None = None, *,
@@ -175,7 +178,3 @@ def encode(tokenizer, text: str, add_bos: bool = True) -> list[int]:
   ids = tokenizer.encode(text)
   return [BOS_ID, *ids] if add_bos else list(ids)
 
-
-def decode(tokenizer, ids: Sequence[int]) -> str:
-  """Inverse of `encode` (control ids such as BOS/EOS/PAD decode to nothing)."""
-  return tokenizer.decode([int(i) for i in ids])

@@ -1,9 +1,15 @@
 """The dataset-size study of Chan et al. 2024 (their Fig. 2 grid): error vs N for IBD/OOBD x relevant/irrelevant
 context x C_H/C_L, over seeds, run locally one after another and aggregated into one table and one figure.
 
-  python -m iclscale.analysis.nsweep --workdir runs/nsweep                  # quick: N=2^6..2^14, 2 seeds
-  python -m iclscale.analysis.nsweep --workdir runs/nsweep --scale full     # paper: 2^6..2^20, 5 seeds, 50K steps
-  python -m iclscale.analysis.nsweep --workdir runs/nsweep --baselines      # + IW (p=0) / IC (p=1) predictors
+  python -m iclscale.studies.nsweep --workdir runs/nsweep                  # quick: N=2^6..2^14, 2 seeds
+  python -m iclscale.studies.nsweep --workdir runs/nsweep --scale full     # paper: 2^6..2^20, 5 seeds, 50K steps
+  python -m iclscale.studies.nsweep --workdir runs/nsweep --baselines      # + IW (p=0) / IC (p=1) predictors
+  python -m iclscale.studies.nsweep --workdir runs/nsweep --seeds 0,1,2,3,4 --shard 0/2   # and --shard 1/2 at once
+
+--seeds replaces the scale's seeds. --shard i/n runs every n-th member (seed-major order) starting at i, so n
+processes can share a sweep; each then aggregates what has finished. Members run seed by seed, so a partial
+sweep has whole seeds. Cells are aggregated over the seeds whose run reached the last step; the table's `seeds`
+column says how many.
 
 Each (p_relevant, N, seed) run lives in its own sub-workdir and is an ordinary run (resumable, skipped when done).
 Reported values are the evaluators at the last step, mean ± standard error over seeds.
@@ -48,11 +54,16 @@ def run_config(scale: str, p_relevant: float, log2_n: int, seed: int):
   return c
 
 
-def run_all(workdir: str, scale: str, p_values: list[float]) -> list[str]:
+def members(scale: str, p_values: list[float], seeds: tuple[int, ...]) -> list[tuple[float, int, int]]:
+  """(p_relevant, log2 N, seed) of every run, seed-major: a sweep stopped early holds whole seeds."""
+  return [(p, n, seed) for seed, p, n in itertools.product(seeds, p_values, SCALES[scale]["log2_sizes"])]
+
+
+def run_all(workdir: str, scale: str, p_values: list[float], seeds: tuple[int, ...],
+            shard: tuple[int, int] = (0, 1)) -> list[str]:
   from iclscale import train  # pylint: disable=g-import-not-at-top
-  s = SCALES[scale]
   dirs = []
-  for p, log2_n, seed in itertools.product(p_values, s["log2_sizes"], s["seeds"]):
+  for p, log2_n, seed in members(scale, p_values, seeds)[shard[0]::shard[1]]:
     d = os.path.join(workdir, run_name(p, log2_n, seed))
     t0 = time.time()
     out = train.run(run_config(scale, p, log2_n, seed), d)
@@ -61,17 +72,22 @@ def run_all(workdir: str, scale: str, p_values: list[float]) -> list[str]:
   return dirs
 
 
-def aggregate(workdir: str, scale: str, p_values: list[float]) -> list[dict]:
-  """Mean and standard error over seeds of every grid cell's error at the last step, per (p, N)."""
+def aggregate(workdir: str, scale: str, p_values: list[float], seeds: tuple[int, ...]) -> list[dict]:
+  """Mean and standard error over seeds of every grid cell's error at the last step, per (p, N); only runs that
+  reached the scale's step count enter (a sweep still running gives a partial table, `seeds` per row)."""
   s = SCALES[scale]
   table = []
   for p in p_values:
     for log2_n in s["log2_sizes"]:
       per_seed = []
-      for seed in s["seeds"]:
-        rows = results.read(os.path.join(workdir, run_name(p, log2_n, seed)))
-        last = max(r["step"] for r in rows)
-        per_seed.append({(r["evaluator"], r["metric"]): r["value"] for r in rows if r["step"] == last})
+      for seed in seeds:
+        d = os.path.join(workdir, run_name(p, log2_n, seed))
+        rows = results.read(d) if os.path.exists(os.path.join(d, "results.csv")) else []
+        last = max((r["step"] for r in rows), default=0)
+        if last == s["steps"]:
+          per_seed.append({(r["evaluator"], r["metric"]): r["value"] for r in rows if r["step"] == last})
+      if not per_seed:
+        continue
       for key in sorted(per_seed[0]):
         v = np.array([d[key] for d in per_seed])
         se = v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0
@@ -114,8 +130,18 @@ def main():
   ap.add_argument("--scale", default="quick", choices=sorted(SCALES))
   ap.add_argument("--p_relevant", type=float, default=0.9, help="the main transformer's relevance probability")
   ap.add_argument("--baselines", action="store_true", help="also train the IW (p=0) and IC (p=1) predictors")
+  ap.add_argument("--seeds", default="", help="comma-separated seeds, e.g. 0,1,2,3,4 (default: the scale's)")
+  ap.add_argument("--shard", default="0/1", help="i/n: run members i, i+n, i+2n, ... (n processes share a sweep)")
   ap.add_argument("--aggregate_only", action="store_true", help="only rebuild the table and figure")
   args = ap.parse_args()
+  try:
+    seeds = tuple(int(x) for x in args.seeds.split(",")) if args.seeds else SCALES[args.scale]["seeds"]
+    shard = tuple(int(x) for x in args.shard.split("/"))
+    if len(shard) != 2 or not 0 <= shard[0] < shard[1] or len(set(seeds)) != len(seeds):
+      raise ValueError
+  except ValueError:
+    ap.error(f"--seeds must be distinct integers (got {args.seeds!r}) and --shard i/n with 0 <= i < n "
+             f"(got {args.shard!r})")
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
   for noisy in ("absl", "orbax", "jax"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -124,8 +150,8 @@ def main():
   p_values = [args.p_relevant] + ([0.0, 1.0] if args.baselines else [])
   t0 = time.time()
   if not args.aggregate_only:
-    run_all(args.workdir, args.scale, p_values)
-  table = aggregate(args.workdir, args.scale, p_values)
+    run_all(args.workdir, args.scale, p_values, seeds, shard)
+  table = aggregate(args.workdir, args.scale, p_values, seeds)
   results.write_dicts(os.path.join(args.workdir, "nsweep_table.csv"), table)
   plot(table, os.path.join(args.workdir, "nsweep.png"))
   print(f"{len(table)} rows -> {args.workdir}/nsweep_table.csv and nsweep.png ({time.time() - t0:.0f} s)")
