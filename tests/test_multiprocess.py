@@ -120,7 +120,7 @@ def test_kill_one_then_preempt_one_then_resume_ends_as_the_uninterrupted_run(dp_
   job = start(wd, long, probe=False)
   try:
     assert job.wait_for("First training step dispatched", 1, TIMEOUT), job.log(1)[-2000:]
-    assert job.wait_for(r"\[10\] train/loss", 0, TIMEOUT)
+    assert job.wait_for(r"\[10\] .*train/loss", 0, TIMEOUT)
     job.signal(signal.SIGKILL, [1])
     t0 = time.monotonic()
     codes = job.wait(grace=0, timeout=HEARTBEAT + 60)
