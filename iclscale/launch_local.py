@@ -53,7 +53,7 @@ def process_env(base: dict, i: int, n: int, devices: int, address: str) -> dict:
 
 def _tail(path: str, lines: int = 5) -> str:
   with open(path, errors="replace") as f:
-    return "".join(f.readlines()[-lines:])
+    return "".join(l if len(l) <= 300 else l[:300] + "...\n" for l in f.readlines()[-lines:])
 
 
 class LocalJob:
