@@ -83,14 +83,26 @@ class _QuietLibraries(std_logging.Filter):
 
   def filter(self, record):
     library = any(f"{os.sep}{lib}{os.sep}" in record.pathname for lib in ("orbax", "grain", "jax"))
-    if library and _disk_full(record):  # Orbax logs each failed writer thread; main() says it in one line
+    writer = library or any(f"{os.sep}{lib}{os.sep}" in record.pathname for lib in ("clu", "tensorflow"))
+    if writer and _disk_full(record):  # Orbax and CLU log each failed writer thread; main() says it in one line
       return False
     return record.levelno >= std_logging.WARNING or not library
 
 
 def _disk_full(record) -> bool:
-  text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info and record.exc_info[1] else "")
-  return "No space left on device" in text or "os_error_code='28'" in text
+  return _is_disk_full(record.getMessage()) or bool(record.exc_info and _is_disk_full(record.exc_info[1]))
+
+
+def _is_disk_full(e) -> bool:
+  """A full disk, however the writer reports it: OSError(ENOSPC), Orbax's RESOURCE_EXHAUSTED ValueError, TensorFlow's
+  ResourceExhaustedError wrapped in CLU's AsyncError."""
+  seen = 0
+  while e is not None and seen < 10:
+    if getattr(e, "errno", None) == errno.ENOSPC or any(
+        s in str(e) for s in ("No space left on device", "os_error_code='28'")):
+      return True
+    e, seen = (e.__cause__ or e.__context__) if isinstance(e, BaseException) else None, seen + 1
+  return False
 
 
 def default_workdir() -> str:
@@ -113,12 +125,14 @@ def main(argv):
     fail(e)
   except FloatingPointError as e:
     fail(e, EXIT_FAILED)
-  except OSError as e:  # unreadable input data, an unwritable workdir, a full disk
-    if e.errno == errno.ENOSPC:
-      print(f"error: no space left on the device while writing {e.filename or workdir}; free space, then re-run "
-            "the same command to resume from the last complete checkpoint", file=sys.stderr, flush=True)
-      os._exit(EXIT_FAILED)  # pylint: disable=protected-access  # Orbax's writer threads cannot finish: skip them
-    fail(f"{e.strerror or e}: {e.filename}" if e.filename else e)
+  except Exception as e:  # pylint: disable=broad-except
+    if _is_disk_full(e):
+      print(f"error: no space left on the device while writing {workdir}; free space, then re-run the same "
+            "command to resume from the last complete checkpoint", file=sys.stderr, flush=True)
+      os._exit(EXIT_FAILED)  # pylint: disable=protected-access  # the writer threads cannot finish: skip them
+    if isinstance(e, OSError):  # unreadable input data, an unwritable workdir
+      fail(f"{e.strerror or e}: {e.filename}" if e.filename else e)
+    raise
   print(f"Run stopped at step {out['step']}. Outputs in {os.path.abspath(workdir)}: "
         f"{', '.join(out['outputs'])}  (view: tensorboard --logdir {workdir})")
 
