@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "multiprocess_main.py")
 TINY = os.path.join(ROOT, "configs", "chan2024_synthetic.py") + ":tiny"
 HEARTBEAT = 10   # seconds: a dead peer is noticed within this (passed to jax.distributed.initialize)
-TIMEOUT = 420    # seconds any launch may take on a loaded 2-core machine before it is killed
+TIMEOUT = 900    # seconds any launch may take before it is killed (a 2-core machine at load 20 needs 400+)
 # Every cadence at each 10-step dispatch: checkpoints (interval and milestones), evals and train logs.
 DP = {"train.num_steps": 30, "checkpoint.every": 10, "checkpoint.per_decade": 4, "eval_every": 10,
       "train.log_every": 10, "mesh.num_devices": 0}
