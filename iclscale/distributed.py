@@ -31,7 +31,8 @@ flags.DEFINE_integer("init_timeout", 300, "Seconds to wait for every process to 
 flags.DEFINE_integer("heartbeat_timeout", 100, "Seconds of silence after which a process is declared dead and "
                      "every other process stops with an error.")
 
-KV_TIMEOUT_MS = 120_000  # agreement steps wait this long for the slowest process (it may still be loading files)
+KV_TIMEOUT_MS = 1_800_000  # agreement steps wait this long for the slowest process (a dead one is caught
+#                            sooner by the heartbeat; a slow one may be compiling on a loaded host)
 
 
 class DistributedError(config_lib.ConfigError):
@@ -227,11 +228,28 @@ def barrier(name: str) -> None:
 
 
 def compiled_together(name: str, jitted: Callable, *args) -> Callable:
-  """`jitted` compiled for `args` on every process before any process runs it (see `barrier`: a process that
-  finishes compiling first would otherwise wait in a collective for one still compiling)."""
+  """`jitted`, compiled for `args` on every process before any process runs it (see `barrier`: a process that
+  finishes compiling first would otherwise wait in a collective for one still compiling). A later call whose
+  argument shardings differ (e.g. a state whose shardings the first step settled) compiles its own variant the
+  same way."""
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_count() == 1:
     return jitted
-  compiled = jitted.lower(*args).compile()
-  barrier(name)
-  return compiled
+  variants = []
+
+  def compile_variant(*a):
+    variants.append(jitted.lower(*a).compile())
+    barrier(name)
+    return variants[-1]
+
+  def call(*a):
+    for compiled in variants:
+      try:
+        return compiled(*a)
+      except (TypeError, ValueError) as e:  # raised before running: the arguments do not fit this variant
+        if "compiled for" not in str(e):
+          raise
+    return compile_variant(*a)(*a)
+
+  compile_variant(*args)
+  return call

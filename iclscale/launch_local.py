@@ -53,7 +53,7 @@ def process_env(base: dict, i: int, n: int, devices: int, address: str) -> dict:
 
 def _tail(path: str, lines: int = 5) -> str:
   with open(path, errors="replace") as f:
-    return "".join(f.readlines()[-lines:])
+    return "".join(l if len(l) <= 300 else l[:300] + "...\n" for l in f.readlines()[-lines:])
 
 
 class LocalJob:
@@ -68,6 +68,8 @@ class LocalJob:
     os.makedirs(log_dir, exist_ok=True)
     self.address = f"localhost:{free_port()}"
     self.logs = [os.path.join(log_dir, f"process_{i}.log") for i in range(n)]
+    # Logs are appended across re-runs of a workdir: this job's output starts at the current ends.
+    self.offsets = [os.path.getsize(p) if os.path.exists(p) else 0 for p in self.logs]
     self.procs: list[subprocess.Popen] = []
     try:
       for i in range(n):
@@ -86,7 +88,9 @@ class LocalJob:
         p.send_signal(signum)
 
   def log(self, i: int) -> str:
+    """What process i of this job has written so far."""
     with open(self.logs[i], errors="replace") as f:
+      f.seek(self.offsets[i])
       return f.read()
 
   def wait_for(self, pattern: str, i: int, timeout: float) -> bool:

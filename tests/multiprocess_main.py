@@ -12,7 +12,8 @@ sys.path.insert(0, ROOT)
 
 import main  # pylint: disable=wrong-import-position  # installs the early SIGTERM handler and main's flags
 from absl import app  # pylint: disable=wrong-import-position,g-bad-import-order
-from iclscale import evaluate, pipeline, train  # pylint: disable=wrong-import-position
+from iclscale import pipeline, train  # pylint: disable=wrong-import-position
+from iclscale.evaluators import classification  # pylint: disable=wrong-import-position
 
 PROBE = {"chunks": {}, "eval_rows": [], "params": []}
 
@@ -42,7 +43,7 @@ def chunk_call(self, chunk):
   return out
 
 
-_eval_init = evaluate.QueryClassification.__init__
+_eval_init = classification.QueryClassification.__init__
 
 
 def eval_init(self, *args, **kwargs):
@@ -67,7 +68,7 @@ def init_state(*args, **kwargs):
 
 
 pipeline.ChunkIndices.__call__ = chunk_call
-evaluate.QueryClassification.__init__ = eval_init
+classification.QueryClassification.__init__ = eval_init
 train.init_state = init_state
 
 if __name__ == "__main__":
