@@ -76,12 +76,9 @@ class CausalSelfAttention(nn.Module):
     B, T, D = x_BxTxD.shape
     H = self.num_heads
     qkv_BxTx3xHxK = nn.Dense(3 * D, name="qkv")(x_BxTxD).reshape(B, T, 3, H, D // H)
-    q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (qkv_BxTx3xHxK[:, :, i] for i in range(3))
-    logits_BxHxTxT = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxTxHxK) / jnp.sqrt(D // H).astype(x_BxTxD.dtype)
-    causal_TxT = jnp.tril(jnp.ones((T, T), bool))
-    logits_BxHxTxT = jnp.where(causal_TxT, logits_BxHxTxT, jnp.finfo(logits_BxHxTxT.dtype).min)
-    attn_BxHxTxT = jax.nn.softmax(logits_BxHxTxT.astype(jnp.float32), axis=-1).astype(v_BxTxHxK.dtype)  # f32 softmax
-    out_BxTxHxK = jnp.einsum("bhts,bshk->bthk", attn_BxHxTxT, v_BxTxHxK)
+    # Scaled by 1/sqrt(head dim), causal, softmax in float32 whatever the compute dtype (jax.nn's XLA path).
+    out_BxTxHxK = jax.nn.dot_product_attention(qkv_BxTx3xHxK[:, :, 0], qkv_BxTx3xHxK[:, :, 1],
+                                               qkv_BxTx3xHxK[:, :, 2], is_causal=True)
     return nn.Dense(D, name="out")(out_BxTxHxK.reshape(B, T, D))
 
 
