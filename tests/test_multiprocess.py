@@ -146,6 +146,23 @@ def test_kill_then_preempt_one_then_resume_ends_as_the_uninterrupted_run(dp_run,
   assert upto(table(wd)) == table(dp_run / "two")
 
 
+def test_one_process_killed_ends_the_other_within_the_heartbeat_timeout(tmp_path):
+  """SIGKILL to process 1 only (a lost host): JAX's coordination service stops receiving its heartbeats and ends
+  process 0 with "another task died" within the heartbeat timeout, instead of leaving it blocked in a collective.
+  The launcher's grace period is set far longer, so it is JAX, not the launcher, that ends the survivor."""
+  job = start(tmp_path / "lost", dict(DP, **{"train.num_steps": 100000}), probe=False)
+  try:
+    assert job.wait_for("First training step dispatched", 1, TIMEOUT), job.log(1)[-2000:]
+    job.signal(signal.SIGKILL, [1])
+    t0 = time.monotonic()
+    job.procs[0].wait(timeout=HEARTBEAT + 50)
+    waited = time.monotonic() - t0
+  finally:
+    job.kill()
+  assert job.procs[0].returncode not in (0, None) and waited < HEARTBEAT + 50
+  assert "another task died" in job.log(0), job.log(0)[-2000:]
+
+
 def test_fsdp_mesh_over_two_processes(tmp_path):
   from conftest import tiny_config  # pylint: disable=g-import-not-at-top
   job, codes = run(tmp_path / "two", FSDP)
