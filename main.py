@@ -8,6 +8,7 @@ import logging as std_logging
 import os
 import re
 import sys
+import threading
 import time
 
 _START = time.time()
@@ -86,7 +87,26 @@ class _QuietLibraries(std_logging.Filter):
     writer = library or any(f"{os.sep}{lib}{os.sep}" in record.pathname for lib in ("clu", "tensorflow"))
     if writer and _disk_full(record):  # Orbax and CLU log each failed writer thread; main() says it in one line
       return False
+    if record.exc_info and record.exc_info[1] is not None and not record.pathname.startswith(_ROOT):
+      # A library's background failure (e.g. asyncio's closed event loop after a failed save) is one line; what it
+      # means for the run is said by main() or by the main thread's own error.
+      record.msg, record.args = f"{record.getMessage()} ({_one_line(record.exc_info[1])})", None
+      record.exc_info = record.exc_text = None
     return record.levelno >= std_logging.WARNING or not library
+
+
+_ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _one_line(e: BaseException) -> str:
+  return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+
+
+def _thread_failed(args) -> None:
+  """threading.excepthook: a background thread's failure (Orbax's and CLU's writers) as one warning line."""
+  if args.exc_type is SystemExit:
+    return
+  logging.warning("background thread %s failed: %s", getattr(args.thread, "name", "?"), _one_line(args.exc_value))
 
 
 def _disk_full(record) -> bool:
@@ -114,6 +134,7 @@ def default_workdir() -> str:
 def main(argv):
   del argv
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  threading.excepthook = _thread_failed
   from iclscale import config as config_lib, train  # pylint: disable=g-import-not-at-top
   train.enable_compilation_cache()
   workdir = FLAGS.workdir or default_workdir()
