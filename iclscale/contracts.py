@@ -30,6 +30,7 @@ Batch formats the existing models and evaluators read (a new task that emits one
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 from typing import Any, Callable, Protocol
 
@@ -108,7 +109,7 @@ class ModelSpec:
   build: Callable[[Any, Task], Model]                     # (cfg, task) -> Model
 
 
-class Evaluator:
+class Evaluator(abc.ABC):
   """Base of evaluators: called on the parameters at every evaluation step, returns rows for the results table.
 
   Constructed once per run as Cls(name, cfg, task, apply, mesh), where `apply` is the model's apply; build the
@@ -118,8 +119,9 @@ class Evaluator:
   def __init__(self, name: str):
     self.name = name   # the config's key under evals; prefixes every row's evaluator column
 
+  @abc.abstractmethod
   def __call__(self, params: Any) -> Rows:
-    raise NotImplementedError
+    """{(evaluator/set, metric): value} of these parameters (runs the compiled evaluation)."""
 
   def finalize(self, workdir: str) -> str | None:
     """Called once at the end of a completed run (when config.plot is set): writes the evaluator's own figure

@@ -3,6 +3,7 @@ import ast
 import inspect
 
 import jax
+import pytest
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -44,7 +45,12 @@ def test_copies_follow_the_task_spec_and_stack_the_model():
 
 
 def test_evaluator_finalize_defaults_to_no_figure(tmp_path):
-  assert contracts.Evaluator("x").finalize(str(tmp_path)) is None
+  class Constant(contracts.Evaluator):  # an evaluator that defines only what it must: __call__
+    def __call__(self, params):
+      return {(self.name, "value"): 1.0}
+  with pytest.raises(TypeError):  # __call__ is abstract: an evaluator without it cannot be built
+    contracts.Evaluator("x")  # pylint: disable=abstract-class-instantiated
+  assert Constant("x").finalize(str(tmp_path)) is None
   assert list(tmp_path.iterdir()) == []
 
 
