@@ -23,7 +23,7 @@ TINY = os.path.join(ROOT, "configs", "chan2024_synthetic.py") + ":tiny"
 # Seconds without heartbeats after which JAX's coordination service declares a process dead and ends the run
 # (passed to jax.distributed.initialize). Generous: a starved process on a loaded 2-core host can miss 10 s.
 HEARTBEAT = 30
-LOST_HEARTBEAT = 10   # the lost-host test's own, shorter timeout: how fast the survivor is ended
+LOST_HEARTBEAT = 20   # the lost-host test's own, shorter timeout: how fast the survivor is ended
 TIMEOUT = 900    # seconds any launch may take before it is killed (a 2-core machine at load 20 needs 400+)
 # Every cadence at each 10-step dispatch: checkpoints (interval and milestones), evals and train logs.
 DP = {"train.num_steps": 30, "checkpoint.every": 10, "checkpoint.per_decade": 4, "eval_every": 10,
