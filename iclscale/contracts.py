@@ -14,7 +14,8 @@ Adding a plug-in:
              task; one `ModelSpec` row in models.REGISTRY. Set `loss` when the outputs are not query logits
              (losses.py has the answer-token CE), `load` for pretrained weights, `param_specs` for a sharding
              other than FSDP. models/decoder.py is a small complete example.
-  evaluator  a subclass of `Evaluator` constructed as Cls(name, cfg, task, apply, mesh), a dict of its fields with
+  evaluator  a subclass of `Evaluator` constructed as Cls(name, cfg, task, apply, mesh) that sets `data` and
+             defines `compute` and `rows`, a dict of its fields with
              `type` = its row name, and validate(name, cfg, data-parallel size); one `EvaluatorSpec` row in
              evaluators.REGISTRY. A config then declares it as evals.<name> = dict(type=<row name>, ...).
              evaluators/classification.py is the reference.
@@ -74,6 +75,11 @@ class TaskSpec:
   build: Callable[[Any, int], Task]                   # (cfg, seed) -> Task
   # (cfg) -> how many independent model copies the task trains side by side (models.with_copies); 1 for most.
   num_copies: Callable[[Any], int] = lambda cfg: 1
+  # The task fields a population's members may vary (iclscale/population.py): the task reads each of them from its
+  # `arrays` (or they only bound the index sampler, as dataset_size), never as a Python constant in `batch`, so
+  # one member's `batch` vmapped over the stacked arrays is every member's. None = the task is not
+  # population-ready (its batch closes over member-specific values): members may not even vary the seed.
+  member_fields: tuple[str, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,18 +116,33 @@ class ModelSpec:
 
 
 class Evaluator(abc.ABC):
-  """Base of evaluators: called on the parameters at every evaluation step, returns rows for the results table.
+  """Base of evaluators: run on the parameters at every evaluation step, returns rows for the results table.
 
-  Constructed once per run as Cls(name, cfg, task, apply, mesh), where `apply` is the model's apply; build the
-  evaluation sets and compile in the constructor, so each call only runs the compiled function.
+  Constructed once per run (per population member) as Cls(name, cfg, task, apply, mesh), where `apply` is the
+  model's apply. The constructor builds the evaluation sets into `data` (device arrays); `compute(params, data)`
+  is a pure, jittable function of the two and `rows` turns its fetched output into table rows. The split lets the
+  loop evaluate a whole population in one compiled call: it stacks the members' `data` and vmaps one member's
+  `compute` over (params, data), so `compute` must read everything that differs between members from `data`,
+  never from Python attributes of the member's task.
   """
 
   def __init__(self, name: str):
     self.name = name   # the config's key under evals; prefixes every row's evaluator column
+    self.data: Any = None   # the evaluation sets (any pytree of arrays), set by the constructor
+    self._compiled = None
 
   @abc.abstractmethod
+  def compute(self, params: Any, data: Any) -> Any:
+    """The metrics of these parameters on `data` as a pytree of arrays (traced: jittable and vmappable)."""
+
+  @abc.abstractmethod
+  def rows(self, out: Any) -> Rows:
+    """{(evaluator/set, metric): value} from `compute`'s output fetched to the host (numpy arrays)."""
+
   def __call__(self, params: Any) -> Rows:
-    """{(evaluator/set, metric): value} of these parameters (runs the compiled evaluation)."""
+    if self._compiled is None:
+      self._compiled = jax.jit(self.compute)
+    return self.rows(jax.device_get(self._compiled(params, self.data)))
 
   def finalize(self, workdir: str) -> str | None:
     """Called once at the end of a completed run (when config.plot is set): writes the evaluator's own figure

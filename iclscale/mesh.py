@@ -1,4 +1,7 @@
-"""Device mesh (data / fsdp / model axes), batch and parameter shardings, and per-host slicing.
+"""Device mesh (population / data / fsdp / model axes), batch and parameter shardings, and per-host slicing.
+
+The population axis splits the members of a population (iclscale/population.py): each device trains P/D
+members and no collective crosses it; inside a member the batch is split over ('data', 'fsdp') as in a solo run.
 
 The global batch is split over ('data', 'fsdp'); each process materializes only its own rows and the rows are
 assembled into one global array with `jax.make_array_from_process_local_data`, so a multi-host run reads no data
@@ -16,24 +19,27 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 from iclscale import config as config_lib
 
 DEFAULTS = dict(
+    population=1,    # population axis: members split over it (a solo run keeps 1); -1 = what the others leave
     num_devices=0,   # use the first n devices (0 = all); 1 gives the single-device reference run
     data=-1,         # data-parallel axis size (-1 = whatever the other axes leave)
     fsdp=1,          # parameters sharded over this axis, batch split over data x fsdp
     model=1,         # tensor-parallel axis for models that define model-axis rules
 )
-AXES = ("data", "fsdp", "model")
+AXES = ("population", "data", "fsdp", "model")
+POPULATION = "population"
 BATCH_AXES = ("data", "fsdp")
 FSDP_MIN_SIZE = 2**18  # parameters smaller than this stay replicated: sharding them costs more than it saves
 
 
-def axis_sizes(cfg, num_devices: int) -> tuple[int, int, int]:
-  sizes = [cfg.data, cfg.fsdp, cfg.model]
+def axis_sizes(cfg, num_devices: int) -> tuple[int, int, int, int]:
+  sizes = [cfg.population, cfg.data, cfg.fsdp, cfg.model]
   for name, s in zip(AXES, sizes):
     config_lib.check(s == -1 or s >= 1, f"mesh.{name}", f"must be -1 or >= 1, got {s}")
   config_lib.check(sizes.count(-1) <= 1, "mesh", "at most one axis may be -1")
   known = math.prod(s for s in sizes if s != -1)
   config_lib.check(num_devices % known == 0, "mesh",
-                   f"{num_devices} devices cannot be split into axes data={cfg.data} fsdp={cfg.fsdp} model={cfg.model}")
+                   f"{num_devices} devices cannot be split into axes population={cfg.population} data={cfg.data} "
+                   f"fsdp={cfg.fsdp} model={cfg.model}")
   sizes = [num_devices // known if s == -1 else s for s in sizes]
   config_lib.check(math.prod(sizes) == num_devices, "mesh",
                    f"axes {dict(zip(AXES, sizes))} use {math.prod(sizes)} devices, {num_devices} are in use")
@@ -48,15 +54,20 @@ def num_devices(cfg) -> int:
 
 
 def batch_parallelism(cfg) -> int:
-  data, fsdp, _ = axis_sizes(cfg, num_devices(cfg))
+  _, data, fsdp, _ = axis_sizes(cfg, num_devices(cfg))
   return data * fsdp
+
+
+def population_size(cfg) -> int:
+  """Devices along the population axis (members are split over them)."""
+  return axis_sizes(cfg, num_devices(cfg))[0]
 
 
 def make_mesh(cfg) -> jax.sharding.Mesh:
   n = num_devices(cfg)
   devices = jax.devices()[:n] if n < jax.device_count() else None
   # Auto axes: plain GSPMD propagation; Explicit (the default of make_mesh) rejects ambiguous contractions.
-  return jax.make_mesh(axis_sizes(cfg, n), AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+  return jax.make_mesh(axis_sizes(cfg, n), AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
 
 
 def batch_spec(ndim: int, batch_dim: int = 0) -> P:
@@ -85,11 +96,34 @@ def fsdp_spec(shape: tuple[int, ...], fsdp: int) -> P:
   return P()
 
 
-def param_shardings(abstract_params: Any, mesh, specs: Any = None) -> Any:
-  """NamedShardings for a parameter tree: model-provided specs if given, else the fsdp rule."""
+def param_shardings(abstract_params: Any, mesh, specs: Any = None, population: bool = False) -> Any:
+  """NamedShardings for a parameter tree: model-provided specs if given, else the fsdp rule. With `population`,
+  `abstract_params` is one member's tree and the shardings are of the stacked tree [P, ...]: the leading axis
+  over 'population', the member's own spec after it."""
   if specs is None:
     specs = jax.tree.map(lambda x: fsdp_spec(x.shape, mesh.shape["fsdp"]), abstract_params)
+  if population:
+    specs = jax.tree.map(lambda s: P(POPULATION, *s), specs, is_leaf=lambda s: isinstance(s, P))
   return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda s: isinstance(s, P))
+
+
+def member_sharding(mesh, ndim: int) -> NamedSharding:
+  """An array stacked over members [P, ...]: split over the population axis only."""
+  return NamedSharding(mesh, P(POPULATION, *([None] * (ndim - 1))))
+
+
+def host_slices(sharding: NamedSharding, shape: tuple[int, ...]) -> tuple[slice, ...]:
+  """The block of a global array of `shape` that this process's devices hold, one slice per dimension: the only
+  part this host produces (e.g. its members' and its rows' indices)."""
+  index_map = sharding.addressable_devices_indices_map(shape)
+  out = []
+  for d, size in enumerate(shape):
+    spans = sorted({(i[d].start or 0, size if i[d].stop is None else i[d].stop) for i in index_map.values()})
+    for (_, stop), (start, _) in zip(spans, spans[1:]):
+      if start > stop:
+        raise ValueError(f"process {jax.process_index()} holds a non-contiguous block of dimension {d}: {spans}")
+    out.append(slice(spans[0][0], max(stop for _, stop in spans)))
+  return tuple(out)
 
 
 def host_rows(global_batch: int, mesh) -> slice:

@@ -115,17 +115,19 @@ def build(cfg, params: Any, num_steps: int) -> tuple[optax.GradientTransformatio
   return tx, lr
 
 
-def penalty(cfg, params: Any) -> jax.Array:
-  """The loss-side weight penalty (0 when cfg.l2 == 0)."""
-  if cfg.l2 == 0:
+def penalty(cfg, params: Any, l2: jax.Array | None = None) -> jax.Array:
+  """The loss-side weight penalty of strength cfg.l2, or `l2` when given (a population member's own, traced);
+  0 when cfg.l2 == 0 and no `l2` is given."""
+  if l2 is None and cfg.l2 == 0:
     return jnp.zeros(())
+  strength = cfg.l2 if l2 is None else l2
   mask = scope_mask(params, cfg.l2_scope)
   leaves = [p for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if m]
   if cfg.l2_form == "squared":
-    return 0.5 * cfg.l2 * sum(jnp.sum(jnp.square(p)) for p in leaves)
+    return 0.5 * strength * sum(jnp.sum(jnp.square(p)) for p in leaves)
   # sqrt is not differentiable at 0: guard the all-zero tensor so its gradient is 0, not NaN.
   def safe_norm(p):
     sq = jnp.sum(jnp.square(p))
     return jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
-  return cfg.l2 * sum(safe_norm(p) for p in leaves)
+  return strength * sum(safe_norm(p) for p in leaves)
 

@@ -60,19 +60,36 @@ class ChunkIndices:
     return np.stack([self.step_indices(chunk * self.k + i) for i in range(self.k)])
 
 
+class MemberChunkIndices:
+  """Grain map for a population: chunk c -> indices [K, members, rows(, 2)], member m drawn exactly as its solo
+  run's ChunkIndices (its own seed and dataset size), for this host's members and rows only."""
+
+  def __init__(self, streams: list[tuple[int, int | None]], batch_size: int, steps_per_chunk: int, rows: slice):
+    self.members = [ChunkIndices(seed, n, batch_size, steps_per_chunk, rows) for seed, n in streams]
+
+  def __call__(self, chunk: int) -> np.ndarray:
+    return np.stack([m(chunk) for m in self.members], axis=1)
+
+
 def make_iterator(seed: int, dataset_size: int | None, batch_size: int, steps_per_chunk: int, num_steps: int,
-                  rows: slice, prefetch: int) -> grain.DatasetIterator:
+                  rows: slice, prefetch: int, streams: list[tuple[int, int | None]] | None = None
+                  ) -> grain.DatasetIterator:
+  """Chunks of K steps of indices for this host's rows; `streams` = [(seed, dataset size)] of this host's
+  population members (seed and dataset_size are then unused)."""
   num_chunks = -(-num_steps // steps_per_chunk)
-  ds = grain.MapDataset.range(num_chunks).map(ChunkIndices(seed, dataset_size, batch_size, steps_per_chunk, rows))
+  fn = (ChunkIndices(seed, dataset_size, batch_size, steps_per_chunk, rows) if streams is None
+        else MemberChunkIndices(streams, batch_size, steps_per_chunk, rows))
+  ds = grain.MapDataset.range(num_chunks).map(fn)
   return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch)))
 
 
 def device_indices(seed_key: jax.Array, dataset_size: int | None, batch_size: int, step: jax.Array) -> jax.Array:
   """The same sampling done on the device (the upper bound the Grain pipeline is measured against).
 
-  Infinite streams give the same (hi, lo) indices as the Grain path, computed in 32-bit words.
+  Infinite streams give the same (hi, lo) indices as the Grain path, computed in 32-bit words. `dataset_size` may
+  be a traced value (a population member's N); None means an infinite stream.
   """
-  if dataset_size:
+  if dataset_size is not None:
     return jax.random.randint(jax.random.fold_in(seed_key, step), (batch_size,), 0, dataset_size).astype(jnp.uint32)
   hi, lo = mul_wide(jnp.asarray(step).astype(jnp.uint32), batch_size)
   rows = jnp.arange(batch_size, dtype=jnp.uint32)

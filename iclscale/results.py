@@ -25,7 +25,7 @@ class ResultsTable:
   """Appends rows on process 0. Local files are appended to; object stores (gs://) have no append, so there the
   file is rewritten from the rows read back (cost per sweep grows with the table, not with the step count)."""
 
-  def __init__(self, workdir: str, resume_step: int):
+  def __init__(self, workdir: str, resume_step: int, columns: tuple = ()):
     self.path = epath.Path(workdir) / FILENAME
     self.local = "://" not in str(workdir)
     self.writer = jax.process_index() == 0
@@ -45,7 +45,7 @@ class ResultsTable:
   def _rewrite(self, rows: list[dict]) -> None:
     self.path.write_text(",".join(FIELDS) + "\r\n" + self._lines(rows))
 
-  def append(self, step: int, values: dict[tuple[str, str], float]) -> None:
+  def append(self, step: int, values: dict[tuple[str, str], float], member: dict | None = None) -> None:
     if not self.writer:
       return
     rows = [{"step": step, "evaluator": e, "metric": m, "value": v} for (e, m), v in values.items()]

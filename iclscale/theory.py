@@ -84,11 +84,10 @@ class Setting:
     return self.num_high + self.num_low
 
   def spec(self) -> stylized.Spec:
-    return stylized.Spec(self.num_high, self.num_low, self.p_high, self.input_noise, self.label_noise,
-                         self.context_len)
+    return stylized.Spec(self.num_high, self.num_low, self.context_len)
 
   def weights(self) -> np.ndarray:
-    return self.spec().class_weights()
+    return stylized.class_weights(self.num_high, self.num_low, self.p_high)
 
   def group(self, name: str) -> np.ndarray:
     return np.arange(self.num_high) if name == "C_H" else np.arange(self.num_high, self.num_classes)
@@ -200,7 +199,7 @@ def ic_error_mc(s: Setting, prototypes_KxD: Any, tau: float = 1.0, p_relevant: f
   rng = np.random.default_rng(seed)
   for i, group in enumerate(("high", "low")):
     # Clean targets from the sampler (errors are tallied by the query's class); training-target noise added here.
-    cell = stylized.cell(p, -1, group, flip=False, noisy_target=False)
+    cell = stylized.cell(s, p, -1, group, flip=False, noisy_target=False)
     key = jax.random.fold_in(jax.random.key(seed), i)
     b = jax.jit(stylized.sample_batch, static_argnums=3)(key, mu, jnp.arange(num_samples, dtype=jnp.uint32),
                                                           s.spec(), cell)

@@ -29,6 +29,7 @@ from iclscale import mesh as mesh_lib
 from iclscale import models
 from iclscale import optim
 from iclscale import pipeline
+from iclscale import population as population_lib
 from iclscale import preemption as preemption_lib
 from iclscale import profiling
 from iclscale import tasks
@@ -42,13 +43,41 @@ TRAIN_DEFAULTS = dict(
     eval_at_start=False,     # also run the evaluators on the initial params (step 0): fine-tuning's baseline
 )
 TOP_FIELDS = ("seed", "task", "model", "optim", "train", "data", "mesh", "checkpoint", "eval_every", "evals",
-              "report_every_secs", "plot", "profile")
-OPTIONAL_FIELDS = ("profile",)  # sections with defaults for every field: a config may leave them out
+              "report_every_secs", "plot", "profile", "population")
+OPTIONAL_FIELDS = ("profile", "population")  # sections with defaults for every field: a config may leave them out
 METRICS = ("loss", "accuracy", "grad_norm")
 
 
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Validates the whole config (one clear ConfigError line) and fills in every plug-in's defaults."""
+  """Validates the whole config (one clear ConfigError line) and fills in every plug-in's defaults. A population
+  is resolved as its shared config plus its `population` block, after every member was resolved as a solo run."""
+  if not population_lib.is_population(config):
+    out = resolve_solo(config)
+    config_lib.check(mesh_lib.population_size(out.mesh) == 1, "mesh.population",
+                     "only a population (config.population) has members to split over this axis; set 1")
+    return out
+  members = resolve_members(config)
+  shared = ml_collections.ConfigDict(config)
+  with shared.unlocked():
+    del shared["population"]
+  out = resolve_solo(shared)
+  pop = config_lib.with_defaults(config.population, population_lib.DEFAULTS, "population")
+  out.population = pop
+  split = mesh_lib.population_size(out.mesh)
+  config_lib.check(members.size % split == 0, "mesh.population",
+                   f"the population's {members.size} members do not split over {split} devices")
+  return out
+
+
+def resolve_members(config: ml_collections.ConfigDict) -> population_lib.Members | None:
+  """The members of config's population, each resolved as a solo run; None for a solo run."""
+  if not population_lib.is_population(config):
+    return None
+  return population_lib.members(config, resolve_solo, tasks.member_fields)
+
+
+def resolve_solo(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
+  """resolve() of a config without a population."""
   for key in config.keys():
     config_lib.check(key in TOP_FIELDS, key, f"unknown field (known: {', '.join(TOP_FIELDS)})")
   for key in TOP_FIELDS:
@@ -109,88 +138,127 @@ def zero_sums() -> dict:
   return {m: jnp.zeros((), jnp.float32) for m in METRICS + ("count",)}
 
 
-def make_train_chunk(cfg, task: contracts.Task, model: contracts.Model, tx, mesh):
-  """(state, arrays, indices [K, B] or None) -> state after K steps: one scan, one dispatch.
+SAMPLER_SALT, INIT_SALT = 0x5A3, 0x1417   # streams of the run's seed: device-side index sampling, initialization
 
-  The state carries running sums of the train metrics, so the host reads them only when it logs, and a resumed
-  run continues the same logging window as an uninterrupted one.
+
+def member_inputs(members: population_lib.Members | None, task: contracts.Task, shared_lr: float) -> dict:
+  """What differs between population members besides their task arrays, as arrays the vmapped step reads: the
+  learning-rate scale and l2 of population.Members.hparams, and each member's sampler key and dataset size (for
+  device-side sampling). Empty for a solo run."""
+  if members is None:
+    return {}
+  keys = [jax.random.key_data(jax.random.fold_in(jax.random.key(c.seed), SAMPLER_SALT)) for c in members.cfgs]
+  sizes = [c.task.get("dataset_size", 0) or 0 for c in members.cfgs] if task.dataset_size else [0] * members.size
+  return dict(members.hparams(shared_lr), sampler_key=np.stack(keys), dataset_size=np.array(sizes, np.int32))
+
+
+def make_train_chunk(cfg, task: contracts.Task, model: contracts.Model, tx, population: bool):
+  """(state, inputs, indices [K, B] / [K, P, B] or None) -> state after K steps: one scan, one dispatch.
+
+  `inputs` = dict(task=the task's arrays, hp=member_inputs). The state carries running sums of the train metrics,
+  so the host reads them only when it logs, and a resumed run continues the same logging window as an
+  uninterrupted one. A population vmaps one member's step over the members' stacked params, optimizer states,
+  sums, task arrays, indices and hyperparameters: each member's gradient, clip norm and Adam moments are its own.
   """
-  sampler_key = jax.random.fold_in(jax.random.key(cfg.seed), 0x5A3)
+  solo_key = jax.random.fold_in(jax.random.key(cfg.seed), SAMPLER_SALT)
 
-  def loss_fn(params, batch):
+  def loss_fn(params, batch, l2):
     loss, metrics = model.loss(model.apply(params, batch), batch)
-    return loss + optim.penalty(cfg.optim, params), metrics
+    return loss + optim.penalty(cfg.optim, params, l2), metrics
 
-  def one_step(carry, idx_B):
-    state, arrays = carry
+  def member_step(params, opt_state, sums, arrays, idx_B, step, hp):
     if idx_B is None:  # device-side sampling: the bound the Grain pipeline is measured against
-      idx_B = pipeline.device_indices(sampler_key, task.dataset_size, cfg.train.batch_size, state["step"])
+      key = jax.random.wrap_key_data(hp["sampler_key"]) if hp else solo_key
+      size = (hp["dataset_size"] if hp else task.dataset_size) if task.dataset_size else None
+      idx_B = pipeline.device_indices(key, size, cfg.train.batch_size, step)
     # Every task gets the step (scheduled tasks read it): the data of step t stays a function of (seed, t).
-    batch = task.batch(arrays, idx_B, state["step"])
+    batch = task.batch(arrays, idx_B, step)
     batch = jax.lax.with_sharding_constraint(batch, jax.tree.map(lambda x: mesh_lib.batch_spec(x.ndim), batch))
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, hp.get("l2"))
+    updates, opt_state = tx.update(grads, opt_state, params)
+    if "lr_scale" in hp:  # adam/adamw updates are linear in lr (population.LINEAR_IN_LR): the member's own lr
+      updates = jax.tree.map(lambda u: u * hp["lr_scale"].astype(u.dtype), updates)
     metrics = dict(metrics, grad_norm=optax.tree.norm(grads), count=1.0)
-    sums = {m: state["sums"][m] + metrics[m] for m in state["sums"]}
-    return (dict(params=optax.apply_updates(state["params"], updates), opt_state=opt_state,
-                 step=state["step"] + 1, sums=sums), arrays), None
+    sums = {m: sums[m] + metrics[m] for m in sums}
+    return optax.apply_updates(params, updates), opt_state, sums
 
-  def chunk(state, arrays, idx_KxB):
-    (state, _), _ = jax.lax.scan(one_step, (state, arrays), idx_KxB, length=cfg.train.steps_per_dispatch)
+  if population:
+    member_step = jax.vmap(member_step, in_axes=(0, 0, 0, 0, 0, None, 0),
+                           spmd_axis_name=mesh_lib.POPULATION)
+
+  def one_step(carry, idx):
+    state, inputs = carry
+    params, opt_state, sums = member_step(state["params"], state["opt_state"], state["sums"], inputs["task"], idx,
+                                          state["step"], inputs["hp"])
+    return (dict(params=params, opt_state=opt_state, step=state["step"] + 1, sums=sums), inputs), None
+
+  def chunk(state, inputs, idx):
+    (state, _), _ = jax.lax.scan(one_step, (state, inputs), idx, length=cfg.train.steps_per_dispatch)
     return state
 
   return jax.jit(chunk, donate_argnums=0)
 
 
-def load_params(model: contracts.Model, abstract: Any) -> Any | None:
+def load_params(model: contracts.Model, abstract: Any, copies: int) -> Any | None:
   """Host arrays of the model's starting weights (another run's checkpoint or pretrained ones) in the initialized
-  tree `abstract`, or None when the model starts from `init`. Copies all start from one copy's weights."""
+  tree `abstract` of one model, or None when the model starts from `init`. With `copies` > 1 (model copies or
+  population members, stacked on a leading axis) every copy starts from the same weights."""
   if not (model.init_from or model.load):
     return None
-  one = abstract if model.copies == 1 else jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype),
-                                                        abstract)
   if model.init_from:
-    params = ckpt_lib.restore_params(model.init_from, one, "model.init_from")
+    params = ckpt_lib.restore_params(model.init_from, abstract, "model.init_from")
   else:
-    params = model.load(one)
-    same = jax.tree.structure(params) == jax.tree.structure(one) and all(
-        np.shape(p) == s.shape for p, s in zip(jax.tree.leaves(params), jax.tree.leaves(one)))
+    params = model.load(abstract)
+    same = jax.tree.structure(params) == jax.tree.structure(abstract) and all(
+        np.shape(p) == s.shape for p, s in zip(jax.tree.leaves(params), jax.tree.leaves(abstract)))
     config_lib.check(same, "model", "the loaded weights do not have the initialized model's parameter shapes")
-  if model.copies == 1:
+  if copies == 1:
     return params
-  return jax.tree.map(lambda x: np.broadcast_to(x, (model.copies,) + np.shape(x)).copy(), params)
+  return jax.tree.map(lambda x: np.broadcast_to(x, (copies,) + np.shape(x)).copy(), params)
 
 
-def init_state(cfg, task: contracts.Task, model: contracts.Model, mesh):
+def init_state(cfg, task: contracts.Task, model: contracts.Model, mesh,
+               members: population_lib.Members | None = None):
   """Parameters initialized (or loaded: see `load_params`) directly with their shardings, the optimizer chain,
-  and the train state."""
+  and the train state. Population member i initializes from its own seed exactly as its solo run would."""
   example = jax.eval_shape(task.batch, task.arrays,
                            jnp.zeros(pipeline.index_shape(task.dataset_size, 2 * model.copies), jnp.uint32),
                            jnp.zeros((), jnp.int32))
-  init_key = jax.random.fold_in(jax.random.key(cfg.seed), 0x1417)
+  seeds = [c.seed for c in members.cfgs] if members else [cfg.seed]
+  keys = jnp.stack([jax.random.key_data(jax.random.fold_in(jax.random.key(s), INIT_SALT)) for s in seeds])
 
-  def init_params(key):
-    return model.init(key, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), example))
+  def init_one(key_data):
+    return model.init(jax.random.wrap_key_data(key_data), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                                                          example))
 
-  abstract = jax.eval_shape(init_params, init_key)
-  loaded = load_params(model, abstract)
-  shardings = mesh_lib.param_shardings(abstract, mesh, model.param_specs and model.param_specs(abstract, mesh))
-  tx, lr_fn = optim.build(cfg.optim, abstract, cfg.train.num_steps)
+  population = members is not None
+  init_params = jax.vmap(init_one) if population else lambda keys: init_one(keys[0])
+  abstract = jax.eval_shape(init_params, keys)
+  # One model's tree (without copies or members): what loading, optimizer scopes and sharding rules describe.
+  strip = lambda t, n: jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[n:], s.dtype), t)
+  one = strip(abstract, int(population))
+  single = strip(one, 1) if model.copies > 1 else one
+  loaded = load_params(model, single, model.copies)
+  if loaded is not None and population:
+    loaded = jax.tree.map(lambda x: np.broadcast_to(x, (members.size,) + x.shape).copy(), loaded)
+  shardings = mesh_lib.param_shardings(one, mesh, model.param_specs and model.param_specs(one, mesh), population)
+  tx, lr_fn = optim.build(cfg.optim, one, cfg.train.num_steps)
 
   def rest(params):
-    opt_state = tx.init(params)
+    opt_state = jax.vmap(tx.init)(params) if population else tx.init(params)
     # Adam's moments are zeros, with no data dependence on params to propagate their sharding: constrain them.
     is_params = lambda x: jax.tree.structure(x) == jax.tree.structure(abstract)
-    opt_shardings = jax.tree.map(lambda x: shardings if is_params(x) else mesh_lib.replicated(mesh), opt_state,
-                                 is_leaf=is_params)
+    other = lambda x: mesh_lib.member_sharding(mesh, x.ndim) if population else mesh_lib.replicated(mesh)
+    opt_shardings = jax.tree.map(lambda x: shardings if is_params(x) else other(x), opt_state, is_leaf=is_params)
+    sums = jax.vmap(lambda _: zero_sums())(keys) if population else zero_sums()
     return dict(opt_state=jax.lax.with_sharding_constraint(opt_state, opt_shardings),
-                step=jnp.zeros((), jnp.int32), sums=zero_sums())
+                step=jnp.zeros((), jnp.int32), sums=sums)
 
   if loaded is None:
-    def init(key):
-      params = jax.lax.with_sharding_constraint(init_params(key), shardings)
+    def init(keys):
+      params = jax.lax.with_sharding_constraint(init_params(keys), shardings)
       return dict(params=params, **rest(params))
-    return jax.jit(init)(init_key), tx, lr_fn
+    return jax.jit(init)(keys), tx, lr_fn
   params = jax.device_put(loaded, shardings)  # host -> each device's shards, never a full copy per device
   del loaded
   return dict(params=params, **jax.jit(rest)(params)), tx, lr_fn
@@ -200,53 +268,78 @@ class Outputs:
   """Everything the run writes besides checkpoints: CLU summaries, progress reports, the results table, sweeps.
 
   Built after the first training dispatch, so the slow imports (CLU pulls in TensorFlow) and the evaluators'
-  compilation overlap with training instead of delaying it.
+  compilation overlap with training instead of delaying it. A population writes one results table with its
+  members' varying fields as columns, and one TensorBoard run per member (members/<name>/) beside the progress
+  summaries of the whole program.
   """
 
-  def __init__(self, cfg, workdir, task, model, mesh, resume_step, fresh, lr_fn):
+  def __init__(self, cfg, workdir, task_list, model, mesh, resume_step, fresh, lr_fn,
+               members: population_lib.Members | None = None):
     from clu import metric_writers  # pylint: disable=g-import-not-at-top
-    self.results = ResultsTable(workdir, resume_step)
-    self.writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    self.members = members
+    just_logging = jax.process_index() > 0
+    self.results = ResultsTable(workdir, resume_step, ("member",) + members.fields if members else ())
+    self.writer = metric_writers.create_default_writer(workdir, just_logging=just_logging)
+    if members is None:
+      self.views = [(self.writer, None, cfg)]
+    else:
+      self.views = [(metric_writers.create_default_writer(os.path.join(workdir, "members", members.name(i)),
+                                                          just_logging=just_logging, asynchronous=False),
+                     members.columns(i), members.cfgs[i]) for i in range(members.size)]
     if fresh:
-      self.writer.write_hparams({n: (v if isinstance(v, (int, float, str, bool)) else str(v))
-                                 for n, v in config_lib.flatten(cfg).items()})
+      for writer, _, view_cfg in self.views:
+        writer.write_hparams({n: (v if isinstance(v, (int, float, str, bool)) else str(v))
+                              for n, v in config_lib.flatten(view_cfg).items()})
     from iclscale import progress  # pylint: disable=g-import-not-at-top  # imports CLU
     self.report = progress.SyncedProgress(num_train_steps=cfg.train.num_steps, writer=self.writer,
                                           every_secs=cfg.report_every_secs)
-    self.evaluators = evaluators.build(cfg.evals, task, model.apply, mesh)
+    built = [evaluators.build(cfg.evals, t, model.apply, mesh) for t in task_list]
+    if members is None:
+      self.evaluators = built[0]
+    else:
+      from iclscale.evaluators import stacked  # pylint: disable=g-import-not-at-top
+      self.evaluators = [stacked.Stacked([b[j] for b in built], mesh) for j in range(len(built[0]))]
     self.lr_fn = lr_fn
-    self.lr = cfg.optim.lr
-    self.last_train: dict[str, float] = {}
-    self.last_evals: dict = {}
+    self.lrs = [view_cfg.optim.lr for _, _, view_cfg in self.views]
+    self.last_train: list[dict[str, float]] = [{} for _ in self.views]
+    self.last_evals: list[dict] = [{} for _ in self.views]
 
   def log_train(self, step: int, sums: dict) -> None:
     sums = jax.device_get(sums)
-    if not sums["count"]:
-      return
-    out = {f"train/{m}": float(sums[m] / sums["count"]) for m in METRICS}
-    out["train/lr"] = float(self.lr_fn(step))
-    if not np.isfinite(out["train/loss"]):
-      raise FloatingPointError(
-          f"training loss is {out['train/loss']} at step {step}; stopped. Re-run the same command with a lower "
-          f"learning rate or with clipping (e.g. --config.optim.lr={self.lr / 3:.3g} or "
-          "--config.optim.grad_clip=1.0) to resume from the last checkpoint; the change is recorded in "
-          "history.jsonl")
-    self.writer.write_scalars(step, out)
-    self.last_train = out
+    for i, (writer, columns, _) in enumerate(self.views):
+      member_sums = {m: v if self.members is None else v[i] for m, v in sums.items()}
+      if not member_sums["count"]:
+        return
+      out = {f"train/{m}": float(member_sums[m] / member_sums["count"]) for m in METRICS}
+      out["train/lr"] = float(self.lr_fn(step)) * self.lrs[i] / self.lrs[0] if self.members else float(
+          self.lr_fn(step))
+      if not np.isfinite(out["train/loss"]):
+        who = "" if columns is None else f" of population member {columns}"
+        raise FloatingPointError(
+            f"training loss{who} is {out['train/loss']} at step {step}; stopped. Re-run the same command with a "
+            f"lower learning rate or with clipping (e.g. --config.optim.lr={self.lrs[i] / 3:.3g} or "
+            "--config.optim.grad_clip=1.0) to resume from the last checkpoint; the change is recorded in "
+            "history.jsonl")
+      writer.write_scalars(step, out)
+      self.last_train[i] = out
 
   def evaluate(self, step: int, params: Any) -> None:
     distributed.barrier("evaluate")
-    values = {}
+    values = [{} for _ in self.views]
     for ev in self.evaluators:
-      values.update(ev(params))
-    values.update({("train", name.split("/", 1)[1]): v for name, v in self.last_train.items()})
-    self.writer.write_scalars(step, {f"{e}/{m}": v for (e, m), v in values.items()})
-    self.results.append(step, values)
+      out = ev(params)
+      for i, rows in enumerate([out] if self.members is None else out):
+        values[i].update(rows)
+    for i, (writer, columns, _) in enumerate(self.views):
+      values[i].update({("train", name.split("/", 1)[1]): v for name, v in self.last_train[i].items()})
+      writer.write_scalars(step, {f"{e}/{m}": v for (e, m), v in values[i].items()})
+      self.results.append(step, values[i], columns)
     self.last_evals = values
 
   def close(self) -> None:
-    self.writer.flush()
-    self.writer.close()
+    for writer in {id(w): w for w, _, _ in self.views + [(self.writer, None, None)]}.values():
+      writer.flush()
+      writer.close()
 
 
 def guard_workdir(workdir: str, cfg) -> bool:
@@ -265,24 +358,43 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
   start_time = start_time or time.time()
   # Every ConfigError is raised here, before anything is built or compiled, and on every process alike.
   cfg = distributed.same_everywhere("config", lambda: resolve(config))
+  members = resolve_members(config)  # None for a solo run (iclscale/population.py)
   distributed.on_process_zero("writable", lambda: ckpt_lib.check_writable(workdir))
   mesh = mesh_lib.make_mesh(cfg.mesh)
   tr, k = cfg.train, cfg.train.steps_per_dispatch
   outputs = None
   with jax.set_mesh(mesh):
-    task = tasks.build(cfg.task, cfg.seed)  # reads its data first: a missing data set leaves no run record behind
+    # Each member's task is built from its own config and seed, exactly as its solo run's; the data is read first:
+    # a missing data set leaves no run record behind.
+    task_list = [tasks.build(c.task, c.seed) for c in members.cfgs] if members else [tasks.build(cfg.task, cfg.seed)]
+    task = task_list[0]
     # Decided once, on process 0, from the workdir's files: every process then acts on the same answer.
     fresh = not distributed.on_process_zero("workdir", lambda: guard_workdir(workdir, cfg))
-    task.arrays = jax.tree.map(lambda x: jax.device_put(x, mesh_lib.replicated(mesh)), task.arrays)
+    inputs = dict(task=task.arrays, hp=member_inputs(members, task, cfg.optim.lr))
+    if members:  # the members' arrays stacked [P, ...] and split over the population axis
+      inputs["task"] = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]),
+                                    *[t.arrays for t in task_list])
+      inputs = jax.tree.map(lambda x: jax.device_put(x, mesh_lib.member_sharding(mesh, x.ndim)), inputs)
+    else:
+      inputs = jax.tree.map(lambda x: jax.device_put(x, mesh_lib.replicated(mesh)), inputs)
     model = models.build(cfg.model, task, tasks.num_copies(cfg.task))
-    state, tx, lr_fn = init_state(cfg, task, model, mesh)
-    train_chunk = make_train_chunk(cfg, task, model, tx, mesh)
+    state, tx, lr_fn = init_state(cfg, task, model, mesh, members)
+    train_chunk = make_train_chunk(cfg, task, model, tx, members is not None)
+    step_shape = pipeline.index_shape(task.dataset_size, tr.batch_size)  # [B] or [B, 2]
+    idx_shape = (k,) + ((members.size,) if members else ()) + step_shape  # [K, (P,) B(, 2)]
+    batch_dim = 2 if members else 1
+    spec = [None] * len(idx_shape)
+    spec[batch_dim] = mesh_lib.BATCH_AXES
+    if members:
+      spec[1] = mesh_lib.POPULATION
+    idx_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
     data_iter = None
-    if cfg.data.pipeline == "grain":
+    if cfg.data.pipeline == "grain":  # this host's block of the indices: its members' rows only
+      block = mesh_lib.host_slices(idx_sharding, idx_shape)
+      streams = None if members is None else [(c.seed, t.dataset_size) for c, t in
+                                              list(zip(members.cfgs, task_list))[block[1]]]
       data_iter = pipeline.make_iterator(cfg.seed, task.dataset_size, tr.batch_size, k, tr.num_steps,
-                                         mesh_lib.host_rows(tr.batch_size, mesh), cfg.data.prefetch)
-    idx_shape = (k,) + pipeline.index_shape(task.dataset_size, tr.batch_size)  # [K, B] or [K, B, 2]
-    idx_sharding = jax.sharding.NamedSharding(mesh, mesh_lib.batch_spec(len(idx_shape), batch_dim=1))
+                                         block[batch_dim], cfg.data.prefetch, streams)
 
     checkpointer = ckpt_lib.Checkpointer(workdir, cfg.checkpoint, tr.num_steps, k)
     restored = None if fresh else checkpointer.restore(state, data_iter)
@@ -296,7 +408,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
     profile = profiling.Profile(cfg.profile, workdir)
     try:
       if tr.eval_at_start and restored is None and cfg.evals:
-        outputs = Outputs(cfg, workdir, task, model, mesh, -1, True, lr_fn)
+        outputs = Outputs(cfg, workdir, task_list, model, mesh, -1, True, lr_fn, members)
         outputs.evaluate(0, state["params"])
       while step < tr.num_steps:
         if preemption.due():
@@ -307,16 +419,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
           break
         idx = None if data_iter is None else mesh_lib.to_global(next(data_iter), idx_sharding, idx_shape)
         if step == start_step:
-          train_chunk = distributed.compiled_together("train_chunk", train_chunk, state, task.arrays, idx)
+          train_chunk = distributed.compiled_together("train_chunk", train_chunk, state, inputs, idx)
         profile.before(step, state["step"])
-        state = train_chunk(state, task.arrays, idx)
+        state = train_chunk(state, inputs, idx)
         step += k
         profile.after(step, state["step"])
         if step == start_step + k:
           logging.info("First training step dispatched %.1f s after start.", time.time() - start_time)
         if outputs is None:
-          outputs = Outputs(cfg, workdir, task, model, mesh, start_step if restored else -1,
-                            restored is None, lr_fn)
+          outputs = Outputs(cfg, workdir, task_list, model, mesh, start_step if restored else -1,
+                            restored is None, lr_fn, members)
         outputs.report(step, state["step"])  # timed on finished work: iclscale/progress.py
         do_eval = bool(outputs.evaluators) and ckpt_lib.itstime(step, cfg.eval_every, tr.num_steps,
                                                                 checkpointer.milestones)
@@ -324,7 +436,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
         # Train metrics are also logged at every save, so a resumed run logs the same windows as an unbroken one.
         if do_eval or do_save or ckpt_lib.itstime(step, tr.log_every, tr.num_steps):
           outputs.log_train(step, state["sums"])
-          state = dict(state, sums=zero_sums())
+          state = dict(state, sums=jax.tree.map(jnp.zeros_like, state["sums"]))
         if do_eval:
           outputs.evaluate(step, state["params"])
         if do_save:
@@ -332,22 +444,26 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
           saved_step = step
       if outputs is None and step >= tr.num_steps and cfg.plot and cfg.evals:
         # A completed run re-run (e.g. killed before its figures): rebuild the evaluators to rewrite them.
-        outputs = Outputs(cfg, workdir, task, model, mesh, step, False, lr_fn)
+        outputs = Outputs(cfg, workdir, task_list, model, mesh, step, False, lr_fn, members)
     finally:
       profile.close(state["step"])
       preemption.close()
       checkpointer.close()
       if outputs is not None:
         outputs.close()
-  if cfg.plot and jax.process_index() == 0 and step >= tr.num_steps and outputs and outputs.evaluators:
+  # A population's figures come from the study commands, which read its one table (iclscale/studies/).
+  if (cfg.plot and members is None and jax.process_index() == 0 and step >= tr.num_steps and outputs
+      and outputs.evaluators):
     from iclscale.analysis import plots  # pylint: disable=g-import-not-at-top
     logging.info("Evaluator curves: %s", plots.plot_run(workdir))
     for ev in outputs.evaluators:  # evaluators with a figure of their own (contracts.Evaluator.finalize)
       figure = ev.finalize(workdir)
       if figure:
         logging.info("%s figure: %s", ev.name, figure)
-  return dict(step=step, train=outputs.last_train if outputs else {}, evals=outputs.last_evals if outputs else {},
-              outputs=written_outputs(workdir))
+  # A solo run's last metrics as dicts; a population's as one dict per member.
+  pick = (lambda views: views) if members else (lambda views: views[0])
+  return dict(step=step, train=pick(outputs.last_train) if outputs else {},
+              evals=pick(outputs.last_evals) if outputs else {}, outputs=written_outputs(workdir))
 
 
 def written_outputs(workdir: str) -> list[str]:

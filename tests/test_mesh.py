@@ -15,8 +15,8 @@ def mesh_cfg(**kw):
 
 
 def test_axis_fill_and_errors():
-  assert mesh_lib.axis_sizes(mesh_cfg(fsdp=2), 8) == (4, 2, 1)
-  assert mesh_lib.axis_sizes(mesh_cfg(data=2, fsdp=-1, model=2), 8) == (2, 2, 2)
+  assert mesh_lib.axis_sizes(mesh_cfg(fsdp=2), 8) == (1, 4, 2, 1)
+  assert mesh_lib.axis_sizes(mesh_cfg(data=2, fsdp=-1, model=2), 8) == (1, 2, 2, 2)
   with pytest.raises(ConfigError, match="cannot be split"):
     mesh_lib.axis_sizes(mesh_cfg(model=3), 8)
   with pytest.raises(ConfigError, match="at most one axis may be -1"):

@@ -44,21 +44,20 @@ class QueryClassification(contracts.Evaluator):
     sets = task.eval_sets(cfg.sets, cfg.num_examples)
     self.set_names = list(sets)
     stacked = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *sets.values())
-    self.stacked = jax.tree.map(lambda x: mesh_lib.from_host_copy(x, mesh_lib.batch_sharding(mesh, x.ndim, 1)),
-                                stacked)
+    self.data = jax.tree.map(lambda x: mesh_lib.from_host_copy(x, mesh_lib.batch_sharding(mesh, x.ndim, 1)),
+                             stacked)
+    self.cfg, self.apply = cfg, apply
 
-    def all_metrics(params, stacked):
-      return jax.lax.map(lambda b: self.set_metrics(cfg, batched.batched_apply(apply, params, b, cfg.batch_size), b),
-                         stacked)
-    self._fn = jax.jit(all_metrics)
+  def compute(self, params: Any, data: dict) -> dict[str, jax.Array]:
+    return jax.lax.map(lambda b: self.set_metrics(self.cfg, batched.batched_apply(self.apply, params, b,
+                                                                                   self.cfg.batch_size), b), data)
 
   def set_metrics(self, cfg, outputs: Any, batch: dict) -> dict[str, jax.Array]:
     """{metric: scalar} of one set from the model's outputs on it."""
     del cfg
     return self.metric_fn(outputs, batch)
 
-  def __call__(self, params: Any) -> contracts.Rows:
-    out = jax.device_get(self._fn(params, self.stacked))
+  def rows(self, out: dict) -> contracts.Rows:
     return {(f"{self.name}/{k}", m): float(v[i]) for i, k in enumerate(self.set_names) for m, v in out.items()}
 
 

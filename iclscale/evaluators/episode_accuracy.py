@@ -47,16 +47,15 @@ class EpisodeAccuracy(contracts.Evaluator):
     if not per_copy:
       sets = {k: {f: batched.pad_rows(np.asarray(v), cfg.batch_size, PAD_BLOCK if f == "block" else 0)
                   for f, v in s.items()} for k, s in sets.items()}
-    self.sets = jax.device_put(sets, mesh_lib.replicated(mesh))
+    self.data = jax.device_put(sets, mesh_lib.replicated(mesh))
+    self.cfg, self.apply, self.per_copy = cfg, apply, per_copy
 
-    def all_metrics(params, sets):
-      return {k: answer_metrics(apply(params, s) if per_copy else batched.batched_apply(apply, params, s,
-                                                                                         cfg.batch_size), s)
-              for k, s in sets.items()}
-    self._fn = jax.jit(all_metrics)
+  def compute(self, params: Any, data: dict) -> dict:
+    return {k: answer_metrics(self.apply(params, s) if self.per_copy
+                              else batched.batched_apply(self.apply, params, s, self.cfg.batch_size), s)
+            for k, s in data.items()}
 
-  def __call__(self, params: Any) -> contracts.Rows:
-    out = jax.device_get(self._fn(params, self.sets))
+  def rows(self, out: dict) -> contracts.Rows:
     return {(f"{self.name}/{k}", m): float(v) for k, ms in out.items() for m, v in ms.items()}
 
 

@@ -57,22 +57,23 @@ class FactProbes(contracts.Evaluator):
     self.sizes = {s: len(b["tokens"]) for s, b in sets.items()}
     rows = {k: np.concatenate([np.asarray(b[k]) for b in sets.values()]) for k in ROW_KEYS}
     rows = {k: batched.pad_rows(v, cfg.batch_size) for k, v in rows.items()}   # copies of row 0, ignored
-    slot = first_distinct_slot(rows["answer_tok"])
-    self.rows = {k: mesh_lib.from_host_copy(v, mesh_lib.replicated(mesh)) for k, v in rows.items()}
+    # The answer slot that tells the candidate cities apart: an array in `data`, as it differs between seeds.
+    self.data = dict({k: mesh_lib.from_host_copy(v, mesh_lib.replicated(mesh)) for k, v in rows.items()},
+                     slot=jax.numpy.int32(first_distinct_slot(rows["answer_tok"])))
+    self.cfg, self.apply = cfg, apply
 
-    def all_scores(params, rows):
-      return batched.batched_apply(lambda p, b: losses.answer_scores(apply(p, b), b, slot), params, rows,
-                                   cfg.batch_size)
-    self._fn = jax.jit(all_scores)
+  def compute(self, params: Any, data: dict) -> dict:
+    rows = {k: data[k] for k in ROW_KEYS}
+    return batched.batched_apply(lambda p, b: losses.answer_scores(self.apply(p, b), b, data["slot"]), params,
+                                 rows, self.cfg.batch_size)
 
-  def __call__(self, params: Any) -> contracts.Rows:
-    scores = jax.device_get(self._fn(params, self.rows))
-    out, start = {}, 0
+  def rows(self, out: dict) -> contracts.Rows:
+    rows, start = {}, 0
     for s, size in self.sizes.items():
-      for m, v in summarize({k: x[start:start + size] for k, x in scores.items()}).items():
-        out[(f"{self.name}/{s}", m)] = v
+      for m, v in summarize({k: x[start:start + size] for k, x in out.items()}).items():
+        rows[(f"{self.name}/{s}", m)] = v
       start += size
-    return out
+    return rows
 
   def finalize(self, workdir: str) -> str:
     """The probe curves (analysis/facts_plot.py) from the run's results table."""

@@ -15,10 +15,11 @@ from iclscale.tasks import stylized_omniglot
 
 REGISTRY: dict[str, contracts.TaskSpec] = {
     "stylized": contracts.TaskSpec(stylized.DEFAULTS, stylized.validate, stylized.input_shape,
-                                   stylized.StylizedTask),
+                                   stylized.StylizedTask, member_fields=stylized.MEMBER_FIELDS),
     "bursty": contracts.TaskSpec(bursty.DEFAULTS, bursty.validate, bursty.input_shape, bursty.BurstyTask),
     "stylized_omniglot": contracts.TaskSpec(stylized_omniglot.DEFAULTS, stylized_omniglot.validate,
-                                            stylized_omniglot.input_shape, stylized_omniglot.StylizedOmniglotTask),
+                                            stylized_omniglot.input_shape, stylized_omniglot.StylizedOmniglotTask,
+                                            member_fields=stylized.MEMBER_FIELDS),
     "facts": contracts.TaskSpec(facts.DEFAULTS, facts.validate, facts.input_shape, facts.FactsTask),
     "russin_grid": contracts.TaskSpec(grid.DEFAULTS, grid.validate, grid.input_shape, grid.GridTask,
                                       episodes.num_copies),
@@ -45,6 +46,12 @@ def input_shape(cfg: ml_collections.ConfigDict) -> tuple[int, ...]:
 def num_copies(cfg: ml_collections.ConfigDict) -> int:
   """How many independent model copies a resolved task config trains side by side (1 for most tasks)."""
   return REGISTRY[cfg.name].num_copies(cfg)
+
+
+def member_fields(name: str) -> tuple[str, ...] | None:
+  """The fields population members of task `name` may vary (contracts.TaskSpec.member_fields); None = none, not
+  even the seed."""
+  return REGISTRY[name].member_fields if name in REGISTRY else ()
 
 
 def build(cfg: ml_collections.FrozenConfigDict, seed: int) -> contracts.Task:

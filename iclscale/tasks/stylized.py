@@ -21,6 +21,7 @@ Evaluation targets are noise-free by default, so error measures the predictor ra
 from __future__ import annotations
 
 import dataclasses
+import functools
 import zlib
 
 import jax
@@ -49,14 +50,16 @@ DEFAULTS = dict(
 )
 
 
+# The fields a population's members may vary (contracts.TaskSpec.member_fields): each is a traced value of `cell`
+# or an index bound, never a shape, so one compiled step serves every member.
+MEMBER_FIELDS = ("dataset_size", "p_relevant", "num_relevant", "p_high", "input_noise", "label_noise")
+
+
 @dataclasses.dataclass(frozen=True)
 class Spec:
-  """The static shape of the distribution; what varies between evaluation cells lives in `cell` (traced)."""
+  """The static shape of the distribution; the values (probabilities, noise) live in `cell`, traced."""
   num_high: int
   num_low: int
-  p_high: float
-  input_noise: float
-  label_noise: float
   context_len: int
   upstream_overwrite: bool = False   # relevance_overwrite == "upstream"
 
@@ -64,24 +67,27 @@ class Spec:
   def num_classes(self) -> int:
     return self.num_high + self.num_low
 
-  def class_weights(self) -> np.ndarray:
-    return np.concatenate([np.full(self.num_high, self.p_high / self.num_high),
-                           np.full(self.num_low, (1.0 - self.p_high) / self.num_low)])
-
 
 CONDITIONING = {"none": 0, "high": 1, "low": 2}  # query ~ w; uniform on C_H; uniform on C_L
 
 
-def cell(p_relevant: float, num_relevant: int = -1, conditioning: str = "none", flip: bool = False,
+def class_weights(num_high: int, num_low: int, p_high: float) -> np.ndarray:
+  return np.concatenate([np.full(num_high, p_high / num_high), np.full(num_low, (1.0 - p_high) / num_low)])
+
+
+def cell(cfg, p_relevant: float, num_relevant: int = -1, conditioning: str = "none", flip: bool = False,
          noisy_target: bool = True) -> dict[str, jax.Array]:
-  """Per-set parameters as arrays, so every evaluation cell shares one compiled sampler.
+  """The parameters of one set (or of training) as arrays, so every evaluation cell and every population member
+  shares one compiled sampler: the task config's class weights and noise levels, and the set's relevance.
 
   num_relevant >= 0 fixes r; flip is the OOBD relabeling; noisy_target applies label noise to the query target
   (training does, evaluation does not).
   """
+  logw_K = np.log(class_weights(cfg.num_high, cfg.num_low, cfg.p_high)).astype(np.float32)
   return dict(p_relevant=jnp.float32(p_relevant), num_relevant=jnp.int32(num_relevant),
               conditioning=jnp.int32(CONDITIONING[conditioning]), flip=jnp.bool_(flip),
-              noisy_target=jnp.bool_(noisy_target))
+              noisy_target=jnp.bool_(noisy_target), logw=jnp.asarray(logw_K),
+              input_noise=jnp.float32(cfg.input_noise), label_noise=jnp.float32(cfg.label_noise))
 
 
 def validate(cfg) -> None:
@@ -120,7 +126,7 @@ def flip_labels(y: jax.Array, num_high: int, num_low: int) -> jax.Array:
 
 def sample_sequence(key: jax.Array, mu_KxD: jax.Array, spec: Spec, c: dict) -> dict[str, jax.Array]:
   L, K, nH, nL = spec.context_len, spec.num_classes, spec.num_high, spec.num_low
-  logw_K = jnp.log(jnp.asarray(spec.class_weights(), jnp.float32))
+  logw_K = c["logw"]
   k_q, k_u, k_ctx, k_rel, k_pick, k_redraw, k_x, k_noise = jax.random.split(key, 8)
 
   u = jax.random.uniform(k_u)
@@ -144,10 +150,10 @@ def sample_sequence(key: jax.Array, mu_KxD: jax.Array, spec: Spec, c: dict) -> d
   ctx_L = jnp.where(r > 0, relevant_L, irrelevant_L)
 
   y_S = jnp.concatenate([ctx_L, y_q[None]])                      # S = L + 1 items, query last
-  x_SxD = mu_KxD[y_S] + spec.input_noise * jax.random.normal(k_x, (L + 1, mu_KxD.shape[-1]))
+  x_SxD = mu_KxD[y_S] + c["input_noise"] * jax.random.normal(k_x, (L + 1, mu_KxD.shape[-1]))
   has_query = jnp.any(ctx_L == y_q)
   y_S = jnp.where(c["flip"], flip_labels(y_S, nH, nL), y_S)
-  noisy_S = jax.random.uniform(k_noise, (L + 1,)) < spec.label_noise
+  noisy_S = jax.random.uniform(k_noise, (L + 1,)) < c["label_noise"]
   noisy_S = noisy_S.at[-1].set(noisy_S[-1] & c["noisy_target"])
   y_S = jnp.where(noisy_S, (y_S + 1) % K, y_S)
   return dict(x=x_SxD, ctx_labels=y_S[:-1], target=y_S[-1], context_has_query=has_query)
@@ -174,26 +180,25 @@ class StylizedTask:
   def __init__(self, cfg: ml_collections.ConfigDict, seed: int):
     self.cfg = cfg
     self.seed = seed
-    self.spec = Spec(cfg.num_high, cfg.num_low, cfg.p_high, cfg.input_noise, cfg.label_noise, cfg.context_len,
-                     cfg.relevance_overwrite == "upstream")
+    self.spec = Spec(cfg.num_high, cfg.num_low, cfg.context_len, cfg.relevance_overwrite == "upstream")
     self.num_classes = self.spec.num_classes
     self.dataset_size = cfg.dataset_size or None
     # Prototypes depend on the seed only, so training and every evaluation set share them.
     self.arrays = dict(prototypes=prototypes(stream_key(seed, "prototypes"), self.num_classes, cfg.dim),
-                       train_key=jax.random.key_data(stream_key(seed, "train")))
+                       train_key=jax.random.key_data(stream_key(seed, "train")),
+                       train_cell=cell(cfg, cfg.p_relevant, cfg.num_relevant))
 
   def batch(self, arrays: dict, indices_B: jax.Array, step: jax.Array) -> dict[str, jax.Array]:
     """Training sequences `indices_B`: a pure function of (seed, index), run on the device (any step)."""
     del step
     key = jax.random.wrap_key_data(arrays["train_key"])
-    return sample_batch(key, arrays["prototypes"], indices_B, self.spec,
-                        cell(self.cfg.p_relevant, self.cfg.num_relevant))
+    return sample_batch(key, arrays["prototypes"], indices_B, self.spec, arrays["train_cell"])
 
   def grid_cell(self, flip: str, relevance: str, group: str) -> dict[str, jax.Array]:
     p, r = self.cfg.p_relevant, self.cfg.num_relevant
     if relevance != "default":  # the baselines override r: every slot relevant, or none
       p, r = (1.0 if relevance == "relevant" else 0.0), -1
-    return cell(p, r, GRID_GROUPS[group], GRID_FLIPS[flip], noisy_target=self.cfg.eval_target_noise)
+    return cell(self.cfg, p, r, GRID_GROUPS[group], GRID_FLIPS[flip], noisy_target=self.cfg.eval_target_noise)
 
   def eval_indices(self, num_examples: int) -> jax.Array:
     """Sequence indices of every evaluation set: 0..n-1 of its own stream, or (eval_sampling='upstream') n draws
@@ -215,8 +220,13 @@ class StylizedTask:
       keys = jnp.stack([jax.random.key_data(stream_key(self.seed, "eval/" + n)) for n in names])
     else:
       keys = jnp.stack([self.arrays["train_key"]] * len(names))
-    indices = self.eval_indices(num_examples)
-    build = jax.vmap(lambda k, c, mu: sample_batch(jax.random.wrap_key_data(k), mu, indices, self.spec, c),
-                     (0, 0, None))
-    stacked = jax.jit(build)(keys, cells, self.arrays["prototypes"])
+    stacked = build_sets(keys, cells, self.arrays["prototypes"], self.eval_indices(num_examples), self.spec)
     return {n: jax.tree.map(lambda x, i=i: x[i], stacked) for i, n in enumerate(names)}
+
+
+@functools.partial(jax.jit, static_argnums=4)
+def build_sets(keys_SxK, cells, mu_KxD, indices_N, spec: Spec) -> dict:
+  """Sets [S, N, ...] from stacked keys and cells: compiled once per spec and shape, so every run and every
+  population member in a process shares the program (the sampler's sort-based slot choice is slow to compile)."""
+  return jax.vmap(lambda k, c: sample_batch(jax.random.wrap_key_data(k), mu_KxD, indices_N, spec, c))(keys_SxK,
+                                                                                                     cells)
