@@ -32,41 +32,37 @@ def measure_config(config, pipeline: str, num_devices: int, seconds: float, k: i
   The timed span ends when the last dispatched chunk has finished (block_until_ready), and at most
   MAX_IN_FLIGHT chunks are queued, so the span is close to `seconds` instead of draining a long queue after the
   clock stops. FLOPs per step are XLA's cost analysis of a 1-step chunk (XLA counts a scan body once, whatever
-  the trip count, so the K-step chunk cannot be used).
+  the trip count, so the K-step chunk cannot be used). A config with a population block trains all its members
+  per step (train.build_program, as the loop does).
   """
   import collections  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  from iclscale import mesh as mesh_lib, models, pipeline as pipe, tasks, train  # pylint: disable=g-import-not-at-top
+  from iclscale import mesh as mesh_lib, tasks, train  # pylint: disable=g-import-not-at-top
   config.data.pipeline = pipeline
   config.mesh.num_devices = num_devices
   config.train.steps_per_dispatch = k
   config.train.num_steps = 10**7 // k * k
   config.train.log_every = config.checkpoint.every = config.eval_every = k * 1000
   cfg = train.resolve(config)
-  config.train.steps_per_dispatch = 1
-  cfg1 = train.resolve(config)
+  members = train.resolve_members(config)
   mesh = mesh_lib.make_mesh(cfg.mesh)
   with jax.set_mesh(mesh):
-    task = tasks.build(cfg.task, cfg.seed)
-    task.arrays = jax.tree.map(lambda x: jax.device_put(x, mesh_lib.replicated(mesh)), task.arrays)
-    model = models.build(cfg.model, task)
-    state, tx, _ = train.init_state(cfg, task, model, mesh)
-    chunk = train.make_train_chunk(cfg, task, model, tx, mesh)
-    it = None
-    if pipeline == "grain":
-      it = pipe.make_iterator(cfg.seed, task.dataset_size, cfg.train.batch_size, k, cfg.train.num_steps,
-                              mesh_lib.host_rows(cfg.train.batch_size, mesh), cfg.data.prefetch)
-    idx_shape = (k,) + pipe.index_shape(task.dataset_size, cfg.train.batch_size)
-    sharding = jax.sharding.NamedSharding(mesh, mesh_lib.batch_spec(len(idx_shape), batch_dim=1))
-    one = train.make_train_chunk(cfg1, task, model, tx, mesh)
-    idx1 = None if it is None else jax.ShapeDtypeStruct((1,) + idx_shape[1:], jax.numpy.uint32, sharding=sharding)
-    flops = one.lower(state, task.arrays, idx1).cost_analysis().get("flops")
+    task_list = ([tasks.build(c.task, c.seed) for c in members.cfgs] if members
+                 else [tasks.build(cfg.task, cfg.seed)])
+    prog = train.build_program(cfg, members, task_list, mesh)
+    one = train.build_program(cfg, members, task_list, mesh, steps_per_dispatch=1)
+    state, inputs = prog.state, prog.inputs
+    it = prog.make_iterator() if pipeline == "grain" else None
+    idx1 = None if it is None else jax.ShapeDtypeStruct((1,) + prog.idx_shape[1:], jax.numpy.uint32,
+                                                         sharding=prog.idx_sharding)
+    flops = one.chunk.lower(one.state, one.inputs, idx1).cost_analysis().get("flops")
+    del one
     # Many simulated CPU devices can deadlock in all-reduce when the host runs far ahead: wait per dispatch there.
     in_flight = 1 if num_devices > 1 else MAX_IN_FLIGHT
 
     def step(state):
-      idx = None if it is None else mesh_lib.to_global(next(it), sharding, idx_shape)
-      return chunk(state, task.arrays, idx)
+      idx = None if it is None else mesh_lib.to_global(next(it), prog.idx_sharding, prog.idx_shape)
+      return prog.chunk(state, inputs, idx)
 
     t0 = time.perf_counter()
     state = step(state)
@@ -82,7 +78,7 @@ def measure_config(config, pipeline: str, num_devices: int, seconds: float, k: i
     jax.block_until_ready(state)
     dt = time.perf_counter() - t0
   return dict(pipeline=pipeline, devices=num_devices, k=k, steps_per_s=n * k / dt, steps=n * k, timed_s=dt,
-              first_dispatch_s=compile_s, flops_per_step=flops)
+              first_dispatch_s=compile_s, flops_per_step=flops, members=members.size if members else 1)
 
 
 MAX_IN_FLIGHT = 2  # chunks queued ahead of the device while timing: enough to hide the host, bounded to drain

@@ -126,16 +126,6 @@ def host_slices(sharding: NamedSharding, shape: tuple[int, ...]) -> tuple[slice,
   return tuple(out)
 
 
-def host_rows(global_batch: int, mesh) -> slice:
-  """The rows of the global batch held by this process's devices: the only rows this host reads."""
-  index_map = batch_sharding(mesh, 1).addressable_devices_indices_map((global_batch,))
-  spans = sorted({(i[0].start or 0, global_batch if i[0].stop is None else i[0].stop) for i in index_map.values()})
-  for (_, stop), (start, _) in zip(spans, spans[1:]):
-    if start > stop:
-      raise ValueError(f"process {jax.process_index()} holds non-contiguous batch rows {spans}")
-  return slice(spans[0][0], max(stop for _, stop in spans))
-
-
 def to_global(local: np.ndarray, sharding: NamedSharding, global_shape: tuple[int, ...]) -> jax.Array:
   return jax.make_array_from_process_local_data(sharding, local, global_shape)
 

@@ -8,6 +8,7 @@ with the step count, so 5e7-step runs are practical.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -152,13 +153,30 @@ def member_inputs(members: population_lib.Members | None, task: contracts.Task, 
   return dict(members.hparams(shared_lr), sampler_key=np.stack(keys), dataset_size=np.array(sizes, np.int32))
 
 
-def make_train_chunk(cfg, task: contracts.Task, model: contracts.Model, tx, population: bool):
+def stack_members(arrays_list: list[dict]) -> tuple[dict, dict]:
+  """The members' task arrays as one tree: a leaf that differs between members stacked [P, ...] (vmap axis 0),
+  a leaf every member has equal (a shared exemplar table, say) kept once (axis None), so a population of P
+  members does not hold P copies of a 2.9 GB Omniglot table."""
+  leaves = [jax.tree.leaves(a) for a in arrays_list]
+  treedef = jax.tree.structure(arrays_list[0])
+  out, axes = [], []
+  for j, first in enumerate(leaves[0]):
+    col = [np.asarray(m[j]) for m in leaves]
+    shared = all(m[j] is first or np.array_equal(c, col[0]) for m, c in zip(leaves[1:], col[1:]))
+    out.append(col[0] if shared else np.stack(col))
+    axes.append(None if shared else 0)
+  return treedef.unflatten(out), treedef.unflatten(axes)
+
+
+def make_train_chunk(cfg, task: contracts.Task, model: contracts.Model, tx, population: bool,
+                     task_axes: Any = None):
   """(state, inputs, indices [K, B] / [K, P, B] or None) -> state after K steps: one scan, one dispatch.
 
   `inputs` = dict(task=the task's arrays, hp=member_inputs). The state carries running sums of the train metrics,
   so the host reads them only when it logs, and a resumed run continues the same logging window as an
   uninterrupted one. A population vmaps one member's step over the members' stacked params, optimizer states,
   sums, task arrays, indices and hyperparameters: each member's gradient, clip norm and Adam moments are its own.
+  `task_axes` (stack_members) says which task arrays are stacked (0) and which all members share (None).
   """
   solo_key = jax.random.fold_in(jax.random.key(cfg.seed), SAMPLER_SALT)
 
@@ -183,7 +201,7 @@ def make_train_chunk(cfg, task: contracts.Task, model: contracts.Model, tx, popu
     return optax.apply_updates(params, updates), opt_state, sums
 
   if population:
-    member_step = jax.vmap(member_step, in_axes=(0, 0, 0, 0, 0, None, 0),
+    member_step = jax.vmap(member_step, in_axes=(0, 0, 0, task_axes, 0, None, 0),
                            spmd_axis_name=mesh_lib.POPULATION)
 
   def one_step(carry, idx):
@@ -262,6 +280,64 @@ def init_state(cfg, task: contracts.Task, model: contracts.Model, mesh,
   params = jax.device_put(loaded, shardings)  # host -> each device's shards, never a full copy per device
   del loaded
   return dict(params=params, **jax.jit(rest)(params)), tx, lr_fn
+
+
+@dataclasses.dataclass
+class Program:
+  """What the loop runs: the model, the initial state, the compiled K-step chunk, its inputs and index layout."""
+  cfg: Any
+  members: population_lib.Members | None
+  task_list: list
+  model: contracts.Model
+  state: dict
+  tx: Any
+  lr_fn: Any
+  chunk: Any                # (state, inputs, idx) -> state after K steps
+  inputs: dict              # dict(task=arrays (stacked for a population), hp=member_inputs)
+  idx_shape: tuple          # [K, (P,) B(, 2)] indices of one chunk
+  idx_sharding: Any
+
+  def make_iterator(self):
+    """The Grain iterator of this host's block of the indices: its members' streams, its rows only."""
+    cfg, tr = self.cfg, self.cfg.train
+    batch_dim = len(self.idx_shape) - (1 if self.task_list[0].dataset_size else 2)
+    block = mesh_lib.host_slices(self.idx_sharding, self.idx_shape)
+    streams = None if self.members is None else [
+        (c.seed, t.dataset_size) for c, t in list(zip(self.members.cfgs, self.task_list))[block[1]]]
+    return pipeline.make_iterator(cfg.seed, self.task_list[0].dataset_size, tr.batch_size,
+                                  tr.steps_per_dispatch, tr.num_steps, block[batch_dim], cfg.data.prefetch, streams)
+
+
+def build_program(cfg, members: population_lib.Members | None, task_list: list, mesh,
+                  steps_per_dispatch: int | None = None) -> Program:
+  """Places the task arrays (stacked over members for a population), builds the model, initializes the state and
+  the K-step chunk (K = steps_per_dispatch or the config's). Shared by the loop and the benchmarks."""
+  task, tr = task_list[0], cfg.train
+  k = steps_per_dispatch or tr.steps_per_dispatch
+  inputs = dict(task=task.arrays, hp=member_inputs(members, task, cfg.optim.lr))
+  task_axes = None
+  if members:  # arrays that differ between members stacked [P, ...] over the population axis; equal ones shared
+    stacked, task_axes = stack_members([t.arrays for t in task_list])
+    flat, treedef = jax.tree.flatten(stacked)
+    placed = [jax.device_put(x, mesh_lib.replicated(mesh) if a is None else mesh_lib.member_sharding(mesh, x.ndim))
+              for x, a in zip(flat, jax.tree.leaves(task_axes, is_leaf=lambda a: a is None))]
+    inputs = dict(task=treedef.unflatten(placed),
+                  hp=jax.tree.map(lambda x: jax.device_put(x, mesh_lib.member_sharding(mesh, x.ndim)), inputs["hp"]))
+  else:
+    inputs = jax.tree.map(lambda x: jax.device_put(x, mesh_lib.replicated(mesh)), inputs)
+  model = models.build(cfg.model, task, tasks.num_copies(cfg.task))
+  state, tx, lr_fn = init_state(cfg, task, model, mesh, members)
+  if k != tr.steps_per_dispatch:
+    cfg = ml_collections.ConfigDict(cfg)
+    cfg.train = dict(tr, steps_per_dispatch=k)
+  chunk = make_train_chunk(cfg, task, model, tx, members is not None, task_axes)
+  idx_shape = (k,) + ((members.size,) if members else ()) + pipeline.index_shape(task.dataset_size, tr.batch_size)
+  spec = [None] * len(idx_shape)
+  spec[2 if members else 1] = mesh_lib.BATCH_AXES      # [K, (P,) B(, 2)]: rows over the batch axes
+  if members:
+    spec[1] = mesh_lib.POPULATION
+  idx_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
+  return Program(cfg, members, task_list, model, state, tx, lr_fn, chunk, inputs, idx_shape, idx_sharding)
 
 
 class Outputs:
@@ -370,31 +446,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
     task = task_list[0]
     # Decided once, on process 0, from the workdir's files: every process then acts on the same answer.
     fresh = not distributed.on_process_zero("workdir", lambda: guard_workdir(workdir, cfg))
-    inputs = dict(task=task.arrays, hp=member_inputs(members, task, cfg.optim.lr))
-    if members:  # the members' arrays stacked [P, ...] and split over the population axis
-      inputs["task"] = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]),
-                                    *[t.arrays for t in task_list])
-      inputs = jax.tree.map(lambda x: jax.device_put(x, mesh_lib.member_sharding(mesh, x.ndim)), inputs)
-    else:
-      inputs = jax.tree.map(lambda x: jax.device_put(x, mesh_lib.replicated(mesh)), inputs)
-    model = models.build(cfg.model, task, tasks.num_copies(cfg.task))
-    state, tx, lr_fn = init_state(cfg, task, model, mesh, members)
-    train_chunk = make_train_chunk(cfg, task, model, tx, members is not None)
-    step_shape = pipeline.index_shape(task.dataset_size, tr.batch_size)  # [B] or [B, 2]
-    idx_shape = (k,) + ((members.size,) if members else ()) + step_shape  # [K, (P,) B(, 2)]
-    batch_dim = 2 if members else 1
-    spec = [None] * len(idx_shape)
-    spec[batch_dim] = mesh_lib.BATCH_AXES
-    if members:
-      spec[1] = mesh_lib.POPULATION
-    idx_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
-    data_iter = None
-    if cfg.data.pipeline == "grain":  # this host's block of the indices: its members' rows only
-      block = mesh_lib.host_slices(idx_sharding, idx_shape)
-      streams = None if members is None else [(c.seed, t.dataset_size) for c, t in
-                                              list(zip(members.cfgs, task_list))[block[1]]]
-      data_iter = pipeline.make_iterator(cfg.seed, task.dataset_size, tr.batch_size, k, tr.num_steps,
-                                         block[batch_dim], cfg.data.prefetch, streams)
+    prog = build_program(cfg, members, task_list, mesh)
+    model, state, lr_fn, train_chunk, inputs = prog.model, prog.state, prog.lr_fn, prog.chunk, prog.inputs
+    idx_shape, idx_sharding = prog.idx_shape, prog.idx_sharding
+    data_iter = prog.make_iterator() if cfg.data.pipeline == "grain" else None
 
     checkpointer = ckpt_lib.Checkpointer(workdir, cfg.checkpoint, tr.num_steps, k)
     restored = None if fresh else checkpointer.restore(state, data_iter)

@@ -44,13 +44,20 @@ def test_copies_follow_the_task_spec_and_stack_the_model():
   assert all(x.shape[0] == n for x in jax.tree.leaves(abstract))
 
 
-def test_evaluator_finalize_defaults_to_no_figure(tmp_path):
-  class Constant(contracts.Evaluator):  # an evaluator that defines only what it must: __call__
-    def __call__(self, params):
-      return {(self.name, "value"): 1.0}
-  with pytest.raises(TypeError):  # __call__ is abstract: an evaluator without it cannot be built
+def test_evaluator_is_data_compute_rows_and_finalize_defaults_to_no_figure(tmp_path):
+  class Mean(contracts.Evaluator):  # an evaluator that defines only what it must: data, compute, rows
+    def __init__(self, name):
+      super().__init__(name)
+      self.data = jnp.arange(4.0)
+    def compute(self, params, data):
+      return jnp.mean(params * data)
+    def rows(self, out):
+      return {(self.name, "value"): float(out)}
+  with pytest.raises(TypeError):  # compute and rows are abstract: an evaluator without them cannot be built
     contracts.Evaluator("x")  # pylint: disable=abstract-class-instantiated
-  assert Constant("x").finalize(str(tmp_path)) is None
+  ev = Mean("x")
+  assert ev(jnp.float32(2.0)) == {("x", "value"): 3.0}    # mean(2 * [0, 1, 2, 3])
+  assert ev.finalize(str(tmp_path)) is None
   assert list(tmp_path.iterdir()) == []
 
 
@@ -65,7 +72,7 @@ def test_pretrained_weights_are_loaded_into_the_initialized_tree(tmp_path):
     return dict(w=np.arange(6.0, dtype=np.float32).reshape(3, 2))
   single = contracts.Model(module, init, lambda p, b: b["x"] @ p["w"], load=load)
   stacked = models.with_copies(single, 4)
-  abstract = jax.eval_shape(stacked.init, jax.random.key(0), dict(x=jnp.zeros((4, 1, 3))))
-  params = train.load_params(stacked, abstract)
+  abstract = jax.eval_shape(single.init, jax.random.key(0), dict(x=jnp.zeros((1, 3))))   # one copy's tree
+  params = train.load_params(stacked, abstract, stacked.copies)
   assert seen == [dict(w=(3, 2))]
   np.testing.assert_array_equal(params["w"], np.broadcast_to(np.arange(6.0).reshape(3, 2), (4, 3, 2)))

@@ -41,7 +41,17 @@ def test_batch_is_split_over_data_and_fsdp_and_hosts_read_all_rows():
   x = mesh_lib.from_host_copy(np.arange(32 * 3).reshape(32, 3), mesh_lib.batch_sharding(mesh, 2))
   assert {s.data.shape for s in x.addressable_shards} == {(4, 3)}
   np.testing.assert_array_equal(np.asarray(x), np.arange(96).reshape(32, 3))
-  assert mesh_lib.host_rows(32, mesh) == slice(0, 32)
+  assert mesh_lib.host_slices(mesh_lib.batch_sharding(mesh, 1), (32,)) == (slice(0, 32),)
+
+
+def test_population_axis_splits_members_and_one_process_holds_every_block():
+  mesh = mesh_lib.make_mesh(mesh_cfg(num_devices=8, population=4, data=2))
+  sharding = jax.sharding.NamedSharding(mesh, P(None, "population", ("data", "fsdp")))
+  x = mesh_lib.from_host_copy(np.zeros((5, 8, 6)), sharding)
+  assert {s.data.shape for s in x.addressable_shards} == {(5, 2, 3)}   # 2 of 8 members, half of each batch
+  assert mesh_lib.host_slices(sharding, (5, 8, 6)) == (slice(0, 5), slice(0, 8), slice(0, 6))
+  params = {"w": jax.ShapeDtypeStruct((3, 2), jnp.float32)}
+  assert mesh_lib.param_shardings(params, mesh, population=True)["w"].spec == P("population")
 
 
 def test_param_shardings_follow_the_rule():

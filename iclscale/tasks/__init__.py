@@ -16,7 +16,8 @@ from iclscale.tasks import stylized_omniglot
 REGISTRY: dict[str, contracts.TaskSpec] = {
     "stylized": contracts.TaskSpec(stylized.DEFAULTS, stylized.validate, stylized.input_shape,
                                    stylized.StylizedTask, member_fields=stylized.MEMBER_FIELDS),
-    "bursty": contracts.TaskSpec(bursty.DEFAULTS, bursty.validate, bursty.input_shape, bursty.BurstyTask),
+    "bursty": contracts.TaskSpec(bursty.DEFAULTS, bursty.validate, bursty.input_shape, bursty.BurstyTask,
+                                 member_fields=bursty.MEMBER_FIELDS),
     "stylized_omniglot": contracts.TaskSpec(stylized_omniglot.DEFAULTS, stylized_omniglot.validate,
                                             stylized_omniglot.input_shape, stylized_omniglot.StylizedOmniglotTask,
                                             member_fields=stylized.MEMBER_FIELDS),

@@ -17,6 +17,7 @@ converted to float with pixel noise on the device; token embeddings / synthetic 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import zlib
 
 import jax
@@ -295,13 +296,31 @@ EVAL_SETS = {
 }
 
 
+# The fields population members may vary (contracts.TaskSpec.member_fields): the training cell and the class weights
+# are arrays, and the seed reaches only the training and evaluation keys (the table has its own table_seed).
+MEMBER_FIELDS = ("p_bursty", "zipf_exponent")
+
+
+@functools.lru_cache(maxsize=1)
+def _shared_table(key: tuple) -> np.ndarray:
+  """The last table loaded, by its defining fields: a population's members (and a study's runs in one process)
+  share one host copy instead of loading a 2.9 GB Omniglot table per member."""
+  return load_table(ml_collections.ConfigDict(dict(key)))
+
+
+def table_key(cfg) -> tuple:
+  fields = ("dataset", "image_size", "augment", "token_classes", "token_exemplars", "synthetic_classes",
+            "synthetic_exemplars", "synthetic_dim", "synthetic_spread", "table_seed")
+  return tuple((f, cfg[f]) for f in fields if f in cfg)
+
+
 class BurstyTask:
   """Bursty training sequences and the ICL (few-shot holdout) / IWL (no support) / CIWL / flip evaluation sets."""
 
   def __init__(self, cfg: ml_collections.ConfigDict, seed: int, table: np.ndarray | None = None):
     self.cfg = cfg
     self.seed = seed
-    table = load_table(cfg) if table is None else table
+    table = _shared_table(table_key(cfg)) if table is None else table
     num_classes, num_exemplars = table.shape[:2]
     self.split = make_split(num_classes, cfg.num_common, cfg.num_holdout, _AUGMENT_GROUP if cfg.augment else 1)
     self.num_classes = cfg.num_labels or num_classes  # the model's output size
@@ -313,13 +332,14 @@ class BurstyTask:
     self.arrays = dict(table=table, label_of=self.split.label_of(cfg.num_labels),
                        train_w=train_w, train_cdf=np.cumsum(train_w, dtype=np.float32),
                        holdout_w=holdout_w, holdout_cdf=np.cumsum(holdout_w, dtype=np.float32),
-                       train_key=jax.random.key_data(stream_key(seed, "train")))
+                       train_key=jax.random.key_data(stream_key(seed, "train")),
+                       train_cell=cell(cfg.p_bursty, cfg.bursty_shots))
 
   def batch(self, arrays: dict, indices_B: jax.Array, step: jax.Array) -> dict[str, jax.Array]:
     """Training sequences `indices_B`: a pure function of (seed, index), run on the device (any step)."""
     del step
     key = jax.random.wrap_key_data(arrays["train_key"])
-    return sample_batch(key, arrays, indices_B, self.spec, cell(self.cfg.p_bursty, self.cfg.bursty_shots))
+    return sample_batch(key, arrays, indices_B, self.spec, arrays["train_cell"])
 
   def eval_cell(self, name: str) -> dict[str, jax.Array]:
     kwargs = dict(EVAL_SETS[name][0])
@@ -337,10 +357,7 @@ class BurstyTask:
     names = list(EVAL_SETS)
     cells = jax.tree.map(lambda *xs: jnp.stack(xs), *[self.eval_cell(n) for n in names])
     keys = jnp.stack([jax.random.key_data(stream_key(self.seed, "eval/" + n)) for n in names])
-    indices = jnp.arange(num_examples, dtype=jnp.uint32)
-    build = jax.vmap(lambda k, c, arrays: sample_batch(jax.random.wrap_key_data(k), arrays, indices, self.spec, c),
-                     (0, 0, None))
-    stacked = jax.jit(build)(keys, cells, self.arrays)
+    stacked = build_sets(keys, cells, self.arrays, jnp.arange(num_examples, dtype=jnp.uint32), self.spec)
     out = {}
     for i, n in enumerate(names):
       s = jax.tree.map(lambda x, i=i: x[i], stacked)
@@ -348,3 +365,10 @@ class BurstyTask:
       s["closed_hi"] = jnp.full((num_examples,), min(self.split.num_train, self.num_classes), jnp.int32)
       out[n] = s
     return out
+
+
+@functools.partial(jax.jit, static_argnums=4)
+def build_sets(keys_SxK, cells, arrays: dict, indices_N, spec: Spec) -> dict:
+  """Sets [S, N, ...]: compiled once per spec and shape, shared by every run and population member of a process."""
+  return jax.vmap(lambda k, c: sample_batch(jax.random.wrap_key_data(k), arrays, indices_N, spec, c))(keys_SxK,
+                                                                                                    cells)
