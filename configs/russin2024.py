@@ -4,19 +4,21 @@
   python main.py --config=configs/russin2024.py:grid,full             # the paper's scale (accelerator)
   python main.py --config=configs/russin2024.py:category,rotated      # category task, 45°-rotated boundary
   python main.py --config=configs/russin2024.py:grid,finetune --config.model.init_from=runs/russin2024_grid
-        # IWL: finetune one copy per held-out episode from the metalearned weights ('' = IWL only, from scratch)
+        # IWL: finetune every held-out episode (a population, one member each) from the metalearned weights
+        # ('' = IWL only, from scratch)
   python -m iclscale.studies.russin_study --task grid                # every condition + the results table
 
 The arg is a comma list: the task (grid | category), then any of: a scale (tiny | cpu | full; default cpu),
 `rotated`, `finetune`. The few-shot evaluator reports test-item accuracy on held-out episodes under every
-curriculum (ICL); in finetune mode the evaluator follows the copies' study retention and test accuracy (IWL).
+curriculum (ICL); in finetune mode the evaluator follows each finetuned episode's study retention and test
+accuracy (IWL).
 """
 import ml_collections
 
 from configs import common
 
 # Per task and scale: model (layers, heads, width, ffn), metalearning (steps, batch, lr, train episodes, eval
-# cadence), finetuning (steps per block, batch per copy, lr), held-out episodes (test) and finetuned copies.
+# cadence), finetuning (steps per block, batch per episode, lr), held-out episodes (test) and finetuned ones.
 # full = upstream's (jlrussin/icl-iwl-interplay, scripts/); cpu = the largest setting measured to finish in about an hour on a 2-core CPU
 # (README); tiny = seconds, for tests.
 SCALES = {
@@ -61,9 +63,10 @@ def get_config(arg: str = "grid") -> ml_collections.ConfigDict:
   c.task.rotated = "rotated" in rest    # rule-like (False) or 45°-rotated (True) answers
   c.task.curriculum = "blocked"         # context curriculum of metalearning (upstream's main ICL+IWL models: blocked)
   c.task.num_train_episodes = s["episodes"]   # metalearning episodes (upstream 12,000)
-  # held-out episodes: few-shot evaluation; finetune: one copy each (held-out keys are the last of the seed's
-  # shuffle, so fewer copies finetune a subset of the evaluated episodes)
+  # held-out episodes: few-shot evaluation; finetune: one population member each (held-out keys are the last of
+  # the seed's shuffle, so finetuning fewer episodes finetunes a subset of the evaluated ones)
   c.task.num_test_episodes = s.get("copies", s["test"]) if finetune else s["test"]
+  c.task.episode = 0                    # finetune: the held-out episode trained (the population varies it)
   c.task.mode = "finetune" if finetune else "metalearn"
   c.task.finetune_schedule = "blocked"  # finetune: blocked A, B, A, B or interleaved
   c.task.steps_per_block = s["block_steps"]   # finetune: steps per block (upstream 1000)
@@ -85,16 +88,16 @@ def get_config(arg: str = "grid") -> ml_collections.ConfigDict:
   c.optim.name = "adam"                 # upstream Adam, constant learning rate
   c.optim.lr = s["ft_lr"] if finetune else s["lr"]   # upstream grid 1e-3 / 1e-4 (finetune); category 1e-4 / 1e-5
   c.optim.schedule = "constant"
-  c.optim.grad_clip = 0.0               # none (and a global clip would couple the finetuning copies)
+  c.optim.grad_clip = 0.0               # none, as upstream
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 4 * s["block_steps"] if finetune else s["steps"]   # finetune: 4 blocks (A, B, A, B)
-  c.train.batch_size = s["ft_batch"] * c.task.num_test_episodes if finetune else s["batch"]   # per copy x copies
+  c.train.batch_size = s["ft_batch"] if finetune else s["batch"]   # sequences per step (per finetuned episode)
   c.train.steps_per_dispatch = 5 if finetune or scale == "tiny" else 50   # K steps per jitted scan
   c.train.log_every = s["block_steps"] if finetune else s["eval_every"]   # train-metric cadence
   c.train.eval_at_start = finetune      # finetune: step 0 = few-shot accuracy before any IWL (the ICL measure)
 
-  c.mesh.num_devices = 1 if finetune else 0   # finetune copies are tiny and their batch rows few: one device
+  c.mesh.num_devices = 1 if finetune else 0   # finetuned models are tiny and their batch rows few: one device
 
   c.checkpoint.every = 0 if finetune else 5 * s["eval_every"]   # finetune runs are short: the last step suffices
   c.checkpoint.keep = 2                 # latest checkpoints kept (plus milestones)
@@ -106,4 +109,6 @@ def get_config(arg: str = "grid") -> ml_collections.ConfigDict:
   c.evals.heldout = dict(type="episode_accuracy", sets="episodes" if finetune else "fewshot",
                          batch_size=250)   # held-out episodes: test-item (ICL) and study-item accuracy
   c.report_every_secs = 60.0            # steps/s and ETA
+  if finetune:  # every held-out episode finetuned side by side, one population member each (iclscale/population.py)
+    c.population = dict(product=dict(task=dict(episode=tuple(range(c.task.num_test_episodes)))), zip={})
   return common.complete(c)

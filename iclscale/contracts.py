@@ -39,7 +39,7 @@ import jax
 
 from iclscale import losses
 
-Batch = dict[str, Any]          # named arrays with a leading batch axis (or [copies, batch] for model copies)
+Batch = dict[str, Any]          # named arrays with a leading batch axis
 Rows = dict[tuple[str, str], float]  # {(evaluator/set, metric): value}: rows of the results table
 
 
@@ -58,8 +58,7 @@ class Task(Protocol):
     """The training batch for these indices at this step (jittable; traced inside the loop's scan).
 
     `arrays` is the task's `arrays` as placed by the loop; `step` is the int32 step of this batch, which
-    scheduled tasks read (e.g. the blocked finetuning phases of tasks/episodes.py) and others ignore. A task that
-    trains n model copies (TaskSpec.num_copies) receives n * b indices and returns arrays of shape [n, b, ...].
+    scheduled tasks read (e.g. the blocked finetuning phases of tasks/episodes.py) and others ignore.
     """
 
   def eval_sets(self, kind: str, num_examples: int) -> dict[str, Batch]:
@@ -73,8 +72,6 @@ class TaskSpec:
   validate: Callable[[Any], None]                     # (filled-in cfg) -> None; raises config.ConfigError
   input_shape: Callable[[Any], tuple[int, ...]]       # (cfg) -> shape of one item, known before any array exists
   build: Callable[[Any, int], Task]                   # (cfg, seed) -> Task
-  # (cfg) -> how many independent model copies the task trains side by side (models.with_copies); 1 for most.
-  num_copies: Callable[[Any], int] = lambda cfg: 1
   # The task fields a population's members may vary (iclscale/population.py): the task reads each of them from its
   # `arrays` (or they only bound the index sampler, as dataset_size), never as a Python constant in `batch`, so
   # one member's `batch` vmapped over the stacked arrays is every member's. None = the task is not
@@ -96,15 +93,13 @@ class Model:
   # (outputs, batch) -> (scalar objective, {metric: scalar}); the metrics hold at least `loss` and `accuracy`.
   # The default is the cross-entropy of query logits [B, K] against batch['target'].
   loss: Callable[[Any, Batch], tuple[jax.Array, dict]] = losses.query_ce
-  # (abstract params of one copy: a ShapeDtypeStruct tree) -> host arrays of pretrained weights; None = init.
+  # (abstract params: a ShapeDtypeStruct tree) -> host arrays of pretrained weights; None = init. Every member of a
+  # population starts from them.
   load: Callable[[Any], Any] | None = None
   # A run's workdir: the loop restores the params of its newest checkpoint (read-only) instead of initializing.
   init_from: str = ""
   # (abstract params, mesh) -> PartitionSpec tree; None = the loop's default FSDP rule (mesh.param_shardings).
   param_specs: Callable[[Any, Any], Any] | None = None
-  # Independent copies stacked on a leading parameter axis (models.with_copies); `load` and `init_from` then
-  # describe one copy and every copy starts from them.
-  copies: int = 1
 
 
 @dataclasses.dataclass(frozen=True)

@@ -108,12 +108,6 @@ def resolve_solo(config: ml_collections.ConfigDict) -> ml_collections.FrozenConf
   parallelism = mesh_lib.batch_parallelism(out.mesh)
   config_lib.check(tr.batch_size % parallelism == 0, "train.batch_size",
                    f"{tr.batch_size} is not divisible by the data-parallel size {parallelism}")
-  copies = tasks.num_copies(out.task)
-  if copies > 1:  # independent model copies (contracts.TaskSpec.num_copies, models.with_copies)
-    config_lib.check(tr.batch_size % copies == 0, "train.batch_size",
-                     f"{tr.batch_size} does not split over the task's {copies} model copies")
-    config_lib.check(not out.optim.grad_clip, "optim.grad_clip",
-                     "a global-norm clip couples the independent model copies; set 0")
   out.evals = evaluators.resolve(config.evals, parallelism)
   config_lib.check(isinstance(config.report_every_secs, (int, float)) and config.report_every_secs > 0,
                    "report_every_secs", f"must be > 0, got {config.report_every_secs!r}")
@@ -217,10 +211,10 @@ def make_train_chunk(cfg, task: contracts.Task, model: contracts.Model, tx, popu
   return jax.jit(chunk, donate_argnums=0)
 
 
-def load_params(model: contracts.Model, abstract: Any, copies: int) -> Any | None:
+def load_params(model: contracts.Model, abstract: Any, members: int = 1) -> Any | None:
   """Host arrays of the model's starting weights (another run's checkpoint or pretrained ones) in the initialized
-  tree `abstract` of one model, or None when the model starts from `init`. With `copies` > 1 (model copies or
-  population members, stacked on a leading axis) every copy starts from the same weights."""
+  tree `abstract` of one model, or None when the model starts from `init`. With `members` > 1 (a population,
+  stacked on a leading axis) every member starts from the same weights."""
   if not (model.init_from or model.load):
     return None
   if model.init_from:
@@ -230,9 +224,9 @@ def load_params(model: contracts.Model, abstract: Any, copies: int) -> Any | Non
     same = jax.tree.structure(params) == jax.tree.structure(abstract) and all(
         np.shape(p) == s.shape for p, s in zip(jax.tree.leaves(params), jax.tree.leaves(abstract)))
     config_lib.check(same, "model", "the loaded weights do not have the initialized model's parameter shapes")
-  if copies == 1:
+  if members == 1:
     return params
-  return jax.tree.map(lambda x: np.broadcast_to(x, (copies,) + np.shape(x)).copy(), params)
+  return jax.tree.map(lambda x: np.broadcast_to(x, (members,) + np.shape(x)).copy(), params)
 
 
 def init_state(cfg, task: contracts.Task, model: contracts.Model, mesh,
@@ -240,7 +234,7 @@ def init_state(cfg, task: contracts.Task, model: contracts.Model, mesh,
   """Parameters initialized (or loaded: see `load_params`) directly with their shardings, the optimizer chain,
   and the train state. Population member i initializes from its own seed exactly as its solo run would."""
   example = jax.eval_shape(task.batch, task.arrays,
-                           jnp.zeros(pipeline.index_shape(task.dataset_size, 2 * model.copies), jnp.uint32),
+                           jnp.zeros(pipeline.index_shape(task.dataset_size, 2), jnp.uint32),
                            jnp.zeros((), jnp.int32))
   seeds = [c.seed for c in members.cfgs] if members else [cfg.seed]
   keys = jnp.stack([jax.random.key_data(jax.random.fold_in(jax.random.key(s), INIT_SALT)) for s in seeds])
@@ -252,13 +246,9 @@ def init_state(cfg, task: contracts.Task, model: contracts.Model, mesh,
   population = members is not None
   init_params = jax.vmap(init_one) if population else lambda keys: init_one(keys[0])
   abstract = jax.eval_shape(init_params, keys)
-  # One model's tree (without copies or members): what loading, optimizer scopes and sharding rules describe.
-  strip = lambda t, n: jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[n:], s.dtype), t)
-  one = strip(abstract, int(population))
-  single = strip(one, 1) if model.copies > 1 else one
-  loaded = load_params(model, single, model.copies)
-  if loaded is not None and population:
-    loaded = jax.tree.map(lambda x: np.broadcast_to(x, (members.size,) + x.shape).copy(), loaded)
+  # One member's tree: what loading, optimizer scopes and sharding rules describe.
+  one = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), abstract) if population else abstract
+  loaded = load_params(model, one, members.size if population else 1)
   shardings = mesh_lib.param_shardings(one, mesh, model.param_specs and model.param_specs(one, mesh), population)
   tx, lr_fn = optim.build(cfg.optim, one, cfg.train.num_steps)
 
@@ -325,7 +315,7 @@ def build_program(cfg, members: population_lib.Members | None, task_list: list, 
                   hp=jax.tree.map(lambda x: jax.device_put(x, mesh_lib.member_sharding(mesh, x.ndim)), inputs["hp"]))
   else:
     inputs = jax.tree.map(lambda x: jax.device_put(x, mesh_lib.replicated(mesh)), inputs)
-  model = models.build(cfg.model, task, tasks.num_copies(cfg.task))
+  model = models.build(cfg.model, task)
   state, tx, lr_fn = init_state(cfg, task, model, mesh, members)
   if k != tr.steps_per_dispatch:
     cfg = ml_collections.ConfigDict(cfg)

@@ -28,20 +28,14 @@ def test_the_loop_never_probes_plugins():
   assert not names & {"getattr", "hasattr"}
 
 
-def test_copies_follow_the_task_spec_and_stack_the_model():
-  """A finetune-mode episodic task declares one model copy per held-out episode; the built model is vmapped."""
+def test_finetuning_is_a_population_of_held_out_episodes():
+  """Finetune mode trains one held-out episode; the config finetunes all of them as a population over task.episode."""
   from configs import russin2024  # pylint: disable=g-import-not-at-top
   c = russin2024.get_config("grid,tiny,finetune")
-  cfg = train.resolve(c)
-  n = tasks.num_copies(cfg.task)
-  assert n == cfg.task.num_test_episodes > 1
-  assert tasks.num_copies(tasks.resolve(ml_collections.ConfigDict(dict(name="stylized")))) == 1
-  task = tasks.build(cfg.task, cfg.seed)
-  model = models.build(cfg.model, task, n)
-  assert model.copies == n
-  example = task.batch(task.arrays, jnp.arange(2 * n, dtype=jnp.uint32), jnp.int32(0))
-  abstract = jax.eval_shape(model.init, jax.random.key(0), example)
-  assert all(x.shape[0] == n for x in jax.tree.leaves(abstract))
+  members = train.resolve_members(c)
+  assert members.fields == ("task.episode",) and members.size == c.task.num_test_episodes > 1
+  assert [m.task.episode for m in members.cfgs] == list(range(members.size))
+  assert tasks.member_fields("russin_grid") == ("episode",) and tasks.member_fields("facts") is None
 
 
 def test_evaluator_is_data_compute_rows_and_finalize_defaults_to_no_figure(tmp_path):
@@ -62,7 +56,7 @@ def test_evaluator_is_data_compute_rows_and_finalize_defaults_to_no_figure(tmp_p
 
 
 def test_pretrained_weights_are_loaded_into_the_initialized_tree(tmp_path):
-  """A model with `load` gets one copy's abstract tree; with copies, every copy starts from the loaded weights."""
+  """A model with `load` gets one model's abstract tree; every population member starts from the loaded weights."""
   module = None
   init = lambda key, batch: dict(w=jax.random.normal(key, (3, 2)))
   seen = []
@@ -71,8 +65,7 @@ def test_pretrained_weights_are_loaded_into_the_initialized_tree(tmp_path):
     seen.append(jax.tree.map(lambda s: s.shape, abstract))
     return dict(w=np.arange(6.0, dtype=np.float32).reshape(3, 2))
   single = contracts.Model(module, init, lambda p, b: b["x"] @ p["w"], load=load)
-  stacked = models.with_copies(single, 4)
-  abstract = jax.eval_shape(single.init, jax.random.key(0), dict(x=jnp.zeros((1, 3))))   # one copy's tree
-  params = train.load_params(stacked, abstract, stacked.copies)
+  abstract = jax.eval_shape(single.init, jax.random.key(0), dict(x=jnp.zeros((1, 3))))   # one model's tree
+  params = train.load_params(single, abstract, 4)
   assert seen == [dict(w=(3, 2))]
   np.testing.assert_array_equal(params["w"], np.broadcast_to(np.arange(6.0).reshape(3, 2), (4, 3, 2)))

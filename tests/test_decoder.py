@@ -1,4 +1,4 @@
-"""The Llama-style decoder: causal answer-position logits, the answer-token loss, and vmapped finetuning copies."""
+"""The Llama-style decoder: causal answer-position logits, the answer-token loss, finetuning configs."""
 import os
 
 import jax
@@ -33,27 +33,6 @@ def test_answer_logits_see_only_the_past():
   assert not np.allclose(out[0, 1], base[0, 1], atol=1e-4)
 
 
-def test_copies_train_independently():
-  """The summed loss of n copies gives each copy exactly the gradient of its own loss on its own batch."""
-  module = tiny_module()
-  single = contracts.Model(module, lambda k, b: module.init(k, b["tokens"], b["answer_pos"])["params"],
-                           lambda p, b: module.apply({"params": p}, b["tokens"], b["answer_pos"]), losses.answer_ce)
-  copies = models.with_copies(single, 3)
-  tokens = jax.random.randint(jax.random.key(2), (3, 4, T), 0, V)
-  batch = dict(tokens=tokens, answer_pos=jnp.full((3, 4, 1), T - 1), answer_tok=tokens[..., :1],
-               answer_mask=jnp.ones((3, 4, 1), bool))
-  params = copies.init(jax.random.key(3), batch)
-  assert not np.allclose(params["embed"]["embedding"][0], params["embed"]["embedding"][1])  # own inits
-  grads = jax.grad(lambda p, b: copies.loss(copies.apply(p, b), b)[0])(params, batch)
-  take = lambda tree, i: jax.tree.map(lambda x: x[i], tree)
-  for i in range(3):
-    own = jax.grad(lambda p, b: single.loss(single.apply(p, b), b)[0])(take(params, i), take(batch, i))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), take(grads, i), own)
-  other = dict(batch, tokens=batch["tokens"].at[0].set(0))      # another batch for copy 0 only
-  grads2 = jax.grad(lambda p, b: copies.loss(copies.apply(p, b), b)[0])(params, other)
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[1:], b[1:]), grads, grads2)
-
-
 def finetune_config(**task):
   from configs import russin2024  # pylint: disable=g-import-not-at-top
   c = russin2024.get_config("grid,tiny,finetune")
@@ -64,13 +43,9 @@ def finetune_config(**task):
 
 
 def test_finetune_configs_are_checked_before_building(tmp_path):
-  c = finetune_config()
-  c.optim.grad_clip = 1.0
-  with pytest.raises(ConfigError, match="optim.grad_clip"):
-    train.resolve(c)
-  c = finetune_config()
-  c.train.batch_size = 6                                        # 4 copies
-  with pytest.raises(ConfigError, match="train.batch_size"):
+  c = finetune_config(episode=4)                                # 4 held-out episodes: 0..3
+  c.population = dict(product={}, zip={})
+  with pytest.raises(ConfigError, match="task.episode"):
     train.resolve(c)
   c = finetune_config()
   c.model.init_from = str(tmp_path)                             # no checkpoints there

@@ -1,4 +1,4 @@
-"""Episodic tasks (Russin et al. 2024) through the task registry: the split, samples, finetuning copies, eval sets."""
+"""Episodic tasks (Russin et al. 2024) through the task registry: the split, samples, finetuned episodes, eval sets."""
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -84,72 +84,69 @@ def _held(task):
   return task.episodes(task.test_keys, task.cfg.curriculum, task.cfg.rotated)
 
 
-def _drawn_blocks(task, held, b):
-  """The finetuning block of every drawn (copy, row), checked to be a study item of that copy's own episode."""
+def _drawn_blocks(task, held, b, e):
+  """The finetuning block of every drawn row, checked to be a study item of held-out episode e (the task's)."""
   S, Tc = NUM_STUDY[task.cfg.name], held["ctx"].shape[1]
-  out = np.zeros(b["tokens"].shape[:2], int)
-  for e in range(b["tokens"].shape[0]):
-    study = {r.tobytes(): (blk, ans) for r, blk, ans in zip(held["items"][e, :S], held["block"][e, :S],
-                                                              held["answers"][e, :S])}
-    for j, tok in enumerate(b["tokens"][e]):
-      np.testing.assert_array_equal(tok[:Tc], held["ctx"][e])
-      blk, ans = study[tok[Tc:Tc + 2].tobytes()]
-      np.testing.assert_array_equal(b["answer_tok"][e, j], ans)
-      out[e, j] = blk
+  study = {r.tobytes(): (blk, ans) for r, blk, ans in zip(held["items"][e, :S], held["block"][e, :S],
+                                                            held["answers"][e, :S])}
+  out = np.zeros(len(b["tokens"]), int)
+  for j, tok in enumerate(b["tokens"]):
+    np.testing.assert_array_equal(tok[:Tc], held["ctx"][e])
+    blk, ans = study[tok[Tc:Tc + 2].tobytes()]
+    np.testing.assert_array_equal(b["answer_tok"][j], ans)
+    out[j] = blk
   return out
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_finetune_blocked_schedule_alternates_a_b_a(name):
   k, E, per = 3, 4, 40
-  task = make_task(name, mode="finetune", num_test_episodes=E, steps_per_block=k)
-  assert task.num_copies == E == tasks.num_copies(task.cfg)
-  held = _held(task)
   twin = make_task(name, num_test_episodes=E)   # the metalearning task of the same split
-  np.testing.assert_array_equal(twin.test_keys, task.test_keys)
-  assert not rows(held["ctx"]) & rows(twin.arrays["ctx"])
   S = NUM_STUDY[name]
-  fn = jax.jit(task.batch)
-  idx = jnp.arange(E * per, dtype=jnp.uint32)
-  for step in range(3 * k):
-    b = jax.device_get(fn(task.arrays, idx, jnp.int32(step)))
-    assert b["tokens"].shape == (E, per, tasks.input_shape(task.cfg)[0])
-    phase = (step // k) % 2
-    blocks = _drawn_blocks(task, held, b)
-    assert (blocks == phase).all()
-    for e in range(E):  # each phase's items are all drawn (the indices cover every residue)
+  for e in (0, E - 1):
+    task = make_task(name, mode="finetune", num_test_episodes=E, steps_per_block=k, episode=e)
+    held = _held(task)
+    np.testing.assert_array_equal(twin.test_keys, task.test_keys)
+    assert not rows(held["ctx"]) & rows(twin.arrays["ctx"])
+    fn = jax.jit(task.batch)
+    idx = jnp.arange(per, dtype=jnp.uint32)
+    for step in range(3 * k):
+      b = jax.device_get(fn(task.arrays, idx, jnp.int32(step)))
+      assert b["tokens"].shape == (per, tasks.input_shape(task.cfg)[0])
+      phase = (step // k) % 2
+      assert (_drawn_blocks(task, held, b, e) == phase).all()
+      # each phase's items are all drawn (the indices cover every residue)
       want = rows(held["items"][e, :S][held["block"][e, :S] == phase])
-      assert rows(b["tokens"][e, :, -3 - ANSWER_LEN[name]:-1 - ANSWER_LEN[name]]) == want
+      assert rows(b["tokens"][:, -3 - ANSWER_LEN[name]:-1 - ANSWER_LEN[name]]) == want
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_finetune_interleaved_draws_every_study_item(name):
-  E = 3
-  task = make_task(name, mode="finetune", num_test_episodes=E, finetune_schedule="interleaved", steps_per_block=1)
+  E, e = 3, 1
+  task = make_task(name, mode="finetune", num_test_episodes=E, finetune_schedule="interleaved", steps_per_block=1,
+                   episode=e)
   held = _held(task)
   S = NUM_STUDY[name]
   for step in (0, 1):
-    b = jax.device_get(jax.jit(task.batch)(task.arrays, jnp.arange(E * S, dtype=jnp.uint32), jnp.int32(step)))
-    blocks = _drawn_blocks(task, held, b)
-    for e in range(E):
-      assert set(blocks[e].tolist()) == {0, 1}
-      assert rows(b["tokens"][e, :, -3 - ANSWER_LEN[name]:-1 - ANSWER_LEN[name]]) == rows(held["items"][e, :S])
+    b = jax.device_get(jax.jit(task.batch)(task.arrays, jnp.arange(S, dtype=jnp.uint32), jnp.int32(step)))
+    assert set(_drawn_blocks(task, held, b, e).tolist()) == {0, 1}
+    assert rows(b["tokens"][:, -3 - ANSWER_LEN[name]:-1 - ANSWER_LEN[name]]) == rows(held["items"][e, :S])
 
 
-def test_finetune_episodes_eval_set_is_per_copy():
-  E = 3
-  task = make_task("russin_grid", mode="finetune", num_test_episodes=E, curriculum="aligned", rotated=True)
+def test_finetune_episodes_eval_set_is_the_finetuned_episode():
+  E, e = 3, 2
+  task = make_task("russin_grid", mode="finetune", num_test_episodes=E, curriculum="aligned", rotated=True,
+                   episode=e)
   sets = task.eval_sets("episodes", 0)
   assert len(sets) == 1
   (h,), held = sets.values(), _held(task)
   T = tasks.input_shape(task.cfg)[0]
-  assert h["tokens"].shape == (E, 25, T) and h["answer_tok"].shape == (E, 25, 2) and h["block"].shape == (E, 25)
+  assert h["tokens"].shape == (25, T) and h["answer_tok"].shape == (25, 2) and h["block"].shape == (25,)
   Tc = held["ctx"].shape[1]
-  for e in range(E):
-    assert (h["tokens"][e, :, :Tc] == held["ctx"][e]).all()
-    np.testing.assert_array_equal(h["answer_tok"][e], held["answers"][e])
-    np.testing.assert_array_equal(h["tokens"][e, :, Tc:Tc + 2], held["items"][e])
-  np.testing.assert_array_equal(h["block"], held["block"])
+  assert (h["tokens"][:, :Tc] == held["ctx"][e]).all()
+  np.testing.assert_array_equal(h["answer_tok"], held["answers"][e])
+  np.testing.assert_array_equal(h["tokens"][:, Tc:Tc + 2], held["items"][e])
+  np.testing.assert_array_equal(h["block"], held["block"][e])
   with pytest.raises(ValueError):
     task.eval_sets("nope", 0)
 

@@ -25,7 +25,7 @@ def test_axis_fill_and_errors():
 
 def test_mesh_uses_requested_devices_with_auto_axes():
   mesh = mesh_lib.make_mesh(mesh_cfg(num_devices=4, fsdp=2))
-  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "model": 1}
+  assert dict(mesh.shape) == {"population": 1, "data": 2, "fsdp": 2, "model": 1}
   assert mesh_lib.batch_parallelism(mesh_cfg(num_devices=4, fsdp=2)) == 4
 
 

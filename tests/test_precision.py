@@ -34,7 +34,7 @@ def built(name, dtype):
     task = tasks.build(cfg.task, cfg.seed)
     model = models.build(cfg.model, task)
     state, _, _ = train.init_state(cfg, task, model, mesh)
-    n = 2 * getattr(task, "num_copies", 1)
+    n = 2
     batch = jax.jit(task.batch)(task.arrays, jnp.arange(n, dtype=jnp.uint32), jnp.int32(0))
   return cfg, task, model, state, batch
 

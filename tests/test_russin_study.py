@@ -28,7 +28,7 @@ def test_finetuning_leaves_the_metalearned_weights_untouched(study):
   _, runs, before, _ = study
   after = checkpoint.restore_params(runs["meta_rule"][1])
   np.testing.assert_equal(after, before)
-  finetuned = checkpoint.restore_params(runs["ft_icl_iwl_rule_blocked"][1])   # [copies, ...]
+  finetuned = checkpoint.restore_params(runs["ft_icl_iwl_rule_blocked"][1])   # [episodes, ...]: a population
   emb, base = finetuned["embed"]["embedding"], before["embed"]["embedding"]
   assert emb.shape == (4,) + base.shape
   assert all(not np.allclose(emb[i], base) for i in range(4))         # every copy moved

@@ -15,7 +15,7 @@ from iclscale.evaluators import batched
 
 EPISODE_ACCURACY = dict(
     type="episode_accuracy",
-    sets="fewshot",         # fewshot: held-out episodes under every curriculum; episodes: the finetuned copies'
+    sets="fewshot",         # fewshot: held-out episodes under every curriculum; episodes: the finetuned episode's
     batch_size=250,         # sequences per forward pass (fewshot sets are padded to a multiple of it)
 )
 PAD_BLOCK = -2              # `block` of padding rows: neither test (-1) nor study (0 = A, 1 = B)
@@ -35,24 +35,21 @@ def answer_metrics(logits_xNxV: jax.Array, batch: dict) -> dict[str, jax.Array]:
 class EpisodeAccuracy(contracts.Evaluator):
   """Answer accuracy of episodic tasks (tasks/episodes.py) on test and study queries of held-out episodes.
 
-  'fewshot' sets are rows [N] (padded to a multiple of batch_size); 'episodes' sets are per model copy [E, Q]
-  and go through the vmapped copies in one pass. Sets are small: they are kept replicated."""
+  Sets are rows [N], run batch_size at a time (a set smaller than that in one batch) and padded to a multiple of
+  it with rows that count nowhere. Sets are small: they are kept replicated."""
 
   def __init__(self, name: str, cfg, task: contracts.Task, apply: Callable, mesh):
     super().__init__(name)
     sets = task.eval_sets(cfg.sets, 0)
     self.set_names = list(sets)
-    per_copy = cfg.sets == "episodes"   # [E, Q] rows, one slice per model copy
-
-    if not per_copy:
-      sets = {k: {f: batched.pad_rows(np.asarray(v), cfg.batch_size, PAD_BLOCK if f == "block" else 0)
-                  for f, v in s.items()} for k, s in sets.items()}
+    self.batch = {k: min(cfg.batch_size, len(s["block"])) for k, s in sets.items()}
+    sets = {k: {f: batched.pad_rows(np.asarray(v), self.batch[k], PAD_BLOCK if f == "block" else 0)
+                for f, v in s.items()} for k, s in sets.items()}
     self.data = jax.device_put(sets, mesh_lib.replicated(mesh))
-    self.cfg, self.apply, self.per_copy = cfg, apply, per_copy
+    self.apply = apply
 
   def compute(self, params: Any, data: dict) -> dict:
-    return {k: answer_metrics(self.apply(params, s) if self.per_copy
-                              else batched.batched_apply(self.apply, params, s, self.cfg.batch_size), s)
+    return {k: answer_metrics(batched.batched_apply(self.apply, params, s, self.batch[k]), s)
             for k, s in data.items()}
 
   def rows(self, out: dict) -> contracts.Rows:

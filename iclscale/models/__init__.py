@@ -85,24 +85,8 @@ def resolve(cfg: ml_collections.ConfigDict, input_shape: tuple[int, ...]) -> ml_
   return full
 
 
-def with_copies(model: contracts.Model, n: int) -> contracts.Model:
-  """n independent copies of a model trained side by side: parameters stacked on a leading axis, init, apply and
-  loss vmapped over it (a batch is [n, ...]). The loss is the sum of the copies' own mean losses, so each copy's
-  gradient is its own; with an elementwise optimizer (Adam; no global-norm clipping, which train.resolve
-  refuses) each copy follows exactly the trajectory it would follow alone. `load` / `init_from` keep describing
-  one copy: the loop starts every copy from them."""
-
-  def loss(outputs, batch):
-    loss_n, metrics_n = jax.vmap(model.loss)(outputs, batch)
-    return loss_n.sum(), jax.tree.map(jnp.mean, metrics_n)
-
-  return dataclasses.replace(model, init=lambda key, batch: jax.vmap(model.init)(jax.random.split(key, n), batch),
-                             apply=jax.vmap(model.apply), loss=loss, copies=n)
-
-
-def build(cfg: ml_collections.FrozenConfigDict, task: contracts.Task, copies: int = 1) -> contracts.Model:
-  """Builds a model from a resolved config: `copies` vmapped copies when the task trains several
-  (tasks.num_copies of its config)."""
+def build(cfg: ml_collections.FrozenConfigDict, task: contracts.Task) -> contracts.Model:
+  """Builds a model from a resolved config (with its compute dtype: models/precision.py)."""
   model = REGISTRY[cfg.name].build(cfg, task)
   model = dataclasses.replace(model, apply=precision.mixed(model.apply, cfg.dtype, cast_inputs=cfg.name not in SELF_CAST))
-  return with_copies(model, copies) if copies > 1 else model
+  return model

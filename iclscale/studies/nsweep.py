@@ -5,6 +5,7 @@ context x C_H/C_L, over seeds, run locally one after another and aggregated into
   python -m iclscale.studies.nsweep --workdir runs/nsweep --scale full     # paper: 2^6..2^20, 5 seeds, 50K steps
   python -m iclscale.studies.nsweep --workdir runs/nsweep --baselines      # + IW (p=0) / IC (p=1) predictors
   python -m iclscale.studies.nsweep --workdir runs/nsweep --seeds 0,1,2,3,4 --shard 0/2   # and --shard 1/2 at once
+  python -m iclscale.studies.nsweep --workdir runs/nsweep_pop --population                  # the grid in one program
 
 --seeds replaces the scale's seeds. --shard i/n runs every n-th member (seed-major order) starting at i, so n
 processes can share a sweep; each then aggregates what has finished. Members run seed by seed, so a partial
@@ -12,6 +13,9 @@ sweep has whole seeds. Cells are aggregated over the seeds whose run reached the
 column says how many.
 
 Each (p_relevant, N, seed) run lives in its own sub-workdir and is an ordinary run (resumable, skipped when done).
+With --population the whole grid (p values x N x seeds) is one population run in <workdir>/population: one
+program, one checkpoint, one results table with the members' p_relevant, dataset_size and seed as columns
+(iclscale/population.py); each member is exactly the run the one-at-a-time mode trains.
 Reported values are the evaluators at the last step, mean ± standard error over seeds.
 """
 from __future__ import annotations
@@ -72,17 +76,45 @@ def run_all(workdir: str, scale: str, p_values: list[float], seeds: tuple[int, .
   return dirs
 
 
-def aggregate(workdir: str, scale: str, p_values: list[float], seeds: tuple[int, ...]) -> list[dict]:
+def population_config(scale: str, p_values: list[float], seeds: tuple[int, ...]):
+  """The whole sweep as one population: p_relevant x N x seed, every member the one-at-a-time mode's run."""
+  c = run_config(scale, p_values[0], SCALES[scale]["log2_sizes"][0], seeds[0])
+  c.population = dict(product=dict(task=dict(p_relevant=tuple(p_values),
+                                             dataset_size=tuple(2**n for n in SCALES[scale]["log2_sizes"])),
+                                   seed=tuple(seeds)), zip={})
+  return c
+
+
+def member_tables(workdir: str, population: bool) -> dict[tuple[float, int, int], list[dict]]:
+  """{(p_relevant, log2 N, seed): rows} of every run of the sweep found in workdir (either mode)."""
+  if population:
+    d = os.path.join(workdir, "population")
+    out = {}
+    for r in (results.read(d) if results.exists(d) else []):
+      key = (float(r["task.p_relevant"]), int(np.log2(int(r["task.dataset_size"]))), int(r["seed"]))
+      out.setdefault(key, []).append(r)
+    return out
+  out = {}
+  for name in sorted(os.listdir(workdir)) if os.path.isdir(workdir) else []:
+    d = os.path.join(workdir, name)
+    if name.startswith("p") and results.exists(d):
+      p, n, seed = name[1:].replace("_N2^", " ").replace("_seed", " ").split()
+      out[(float(p), int(n), int(seed))] = results.read(d)
+  return out
+
+
+def aggregate(workdir: str, scale: str, p_values: list[float], seeds: tuple[int, ...],
+              population: bool = False) -> list[dict]:
   """Mean and standard error over seeds of every grid cell's error at the last step, per (p, N); only runs that
   reached the scale's step count enter (a sweep still running gives a partial table, `seeds` per row)."""
   s = SCALES[scale]
+  runs = member_tables(workdir, population)
   table = []
   for p in p_values:
     for log2_n in s["log2_sizes"]:
       per_seed = []
       for seed in seeds:
-        d = os.path.join(workdir, run_name(p, log2_n, seed))
-        rows = results.read(d) if os.path.exists(os.path.join(d, "results.csv")) else []
+        rows = runs.get((float(p), log2_n, seed), [])
         last = max((r["step"] for r in rows), default=0)
         if last == s["steps"]:
           per_seed.append({(r["evaluator"], r["metric"]): r["value"] for r in rows if r["step"] == last})
@@ -133,6 +165,8 @@ def main():
   ap.add_argument("--seeds", default="", help="comma-separated seeds, e.g. 0,1,2,3,4 (default: the scale's)")
   ap.add_argument("--shard", default="0/1", help="i/n: run members i, i+n, i+2n, ... (n processes share a sweep)")
   ap.add_argument("--aggregate_only", action="store_true", help="only rebuild the table and figure")
+  ap.add_argument("--population", action="store_true",
+                  help="train the whole grid as one population run in <workdir>/population (one program)")
   args = ap.parse_args()
   try:
     seeds = tuple(int(x) for x in args.seeds.split(",")) if args.seeds else SCALES[args.scale]["seeds"]
@@ -149,9 +183,11 @@ def main():
   train.enable_compilation_cache()
   p_values = [args.p_relevant] + ([0.0, 1.0] if args.baselines else [])
   t0 = time.time()
-  if not args.aggregate_only:
+  if not args.aggregate_only and args.population:
+    train.run(population_config(args.scale, p_values, seeds), os.path.join(args.workdir, "population"))
+  elif not args.aggregate_only:
     run_all(args.workdir, args.scale, p_values, seeds, shard)
-  table = aggregate(args.workdir, args.scale, p_values, seeds)
+  table = aggregate(args.workdir, args.scale, p_values, seeds, args.population)
   results.write_dicts(os.path.join(args.workdir, "nsweep_table.csv"), table)
   plot(table, os.path.join(args.workdir, "nsweep.png"))
   print(f"{len(table)} rows -> {args.workdir}/nsweep_table.csv and nsweep.png ({time.time() - t0:.0f} s)")

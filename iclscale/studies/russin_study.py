@@ -7,7 +7,7 @@
 Per seed, every run an ordinary resumable run in its own sub-workdir (skipped when complete):
   meta_rule, meta_rotated   metalearning (ICL) on rule-like / rotated episodes, blocked contexts
   ft_{iwl_only,icl_iwl}_{rule,rotated}_{blocked,interleaved}
-                            finetuning (IWL) of one copy per held-out episode on its study items, blocked
+                            finetuning (IWL) of every held-out episode (a population) on its study items, blocked
                             (A, B, A, B) or interleaved, with the same curriculum in context; from fresh weights
                             (IWL only) or from meta_rule (ICL + IWL, as upstream's unrotated-blocked models)
 Measures (upstream jlrussin/icl-iwl-interplay, notebooks/prepare_results_for_stats.ipynb): ICL = few-shot test-item accuracy on held-out episodes before any finetuning;
@@ -63,11 +63,18 @@ def run_configs(task: str, scale: str, seed: int, workdir: str) -> dict[str, tup
 
 
 def last(rows: list[dict], evaluator: str, metric: str, first: bool = False) -> float:
-  """The value at the run's last (or first) evaluated step."""
-  _, values = results.series(rows, evaluator, metric)
-  if not len(values):
-    raise ValueError(f"no {evaluator}/{metric} in the results table")
-  return float(values[0] if first else values[-1])
+  """The value at the run's last (or first) evaluated step; for a population (the finetuned episodes) the mean
+  over its members of each member's value."""
+  per_member = {}
+  for r in rows:
+    per_member.setdefault(r.get("member", 0), []).append(r)
+  out = []
+  for member_rows in per_member.values():
+    _, values = results.series(member_rows, evaluator, metric)
+    if not len(values):
+      raise ValueError(f"no {evaluator}/{metric} in the results table")
+    out.append(float(values[0] if first else values[-1]))
+  return float(np.mean(out))
 
 
 def seed_measures(runs: dict[str, tuple]) -> dict[tuple[str, str, str], float]:

@@ -23,9 +23,9 @@ REGISTRY: dict[str, contracts.TaskSpec] = {
                                             member_fields=stylized.MEMBER_FIELDS),
     "facts": contracts.TaskSpec(facts.DEFAULTS, facts.validate, facts.input_shape, facts.FactsTask),
     "russin_grid": contracts.TaskSpec(grid.DEFAULTS, grid.validate, grid.input_shape, grid.GridTask,
-                                      episodes.num_copies),
+                                      member_fields=episodes.MEMBER_FIELDS),
     "russin_category": contracts.TaskSpec(category.DEFAULTS, category.validate, category.input_shape,
-                                          category.CategoryTask, episodes.num_copies),
+                                          category.CategoryTask, member_fields=episodes.MEMBER_FIELDS),
 }
 
 
@@ -42,11 +42,6 @@ def resolve(cfg: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
 def input_shape(cfg: ml_collections.ConfigDict) -> tuple[int, ...]:
   """The shape of one item of a resolved task config, known before any array is built."""
   return tuple(REGISTRY[cfg.name].input_shape(cfg))
-
-
-def num_copies(cfg: ml_collections.ConfigDict) -> int:
-  """How many independent model copies a resolved task config trains side by side (1 for most tasks)."""
-  return REGISTRY[cfg.name].num_copies(cfg)
 
 
 def member_fields(name: str) -> tuple[str, ...] | None:

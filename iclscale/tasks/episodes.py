@@ -14,9 +14,10 @@ episode has the same content under every curriculum (paired comparisons).
 
 Modes:
   metalearn  sample i = training episode i // Q, query i % Q, Q = study + test items (mixed, as upstream).
-  finetune   one model copy per held-out episode (models.with_copies), trained on its study items with the whole
-             study context in the prompt: blocked (block A, B, A, B, ... of steps_per_block steps each) or
-             interleaved (all study items at every step).
+  finetune   one model trained on held-out episode `episode`'s study items with the whole study context in the
+             prompt: blocked (block A, B, A, B, ... of steps_per_block steps each) or interleaved (all study items
+             at every step). A population over task.episode finetunes every held-out episode in one program
+             (iclscale/population.py), one member per episode, as upstream finetunes one model per episode.
 """
 from __future__ import annotations
 
@@ -45,7 +46,10 @@ COMMON_DEFAULTS = dict(
     mode="metalearn",              # metalearn | finetune (see the module docstring)
     finetune_schedule="blocked",   # finetune: blocked (A, B, A, B, ...) or interleaved (all study items)
     steps_per_block=1000,          # finetune: steps per block (upstream 4 blocks x 1000 steps)
+    episode=0,                     # finetune: which held-out episode (0 .. num_test_episodes-1) is trained
 )
+# Population members may vary the held-out episode they finetune (and the seed: both reach only `arrays`).
+MEMBER_FIELDS = ("episode",)
 
 
 class Episode(NamedTuple):
@@ -66,11 +70,8 @@ def validate(cfg, curricula: tuple[str, ...], num_episodes: int) -> None:
     config_lib.check_positive(cfg, f, "task")
   config_lib.check(cfg.num_train_episodes + cfg.num_test_episodes <= num_episodes, "task.num_train_episodes",
                    f"train + test episodes exceed the {num_episodes} distinct episodes of the task")
-
-
-def num_copies(cfg) -> int:
-  """Independent model copies the task trains side by side (finetune mode: one per held-out episode)."""
-  return cfg.num_test_episodes if cfg.mode == "finetune" else 1
+  config_lib.check(isinstance(cfg.episode, int) and 0 <= cfg.episode < cfg.num_test_episodes, "task.episode",
+                   f"must be a held-out episode index in [0, {cfg.num_test_episodes}), got {cfg.episode!r}")
 
 
 def context_tokens(ep: Episode) -> list[int]:
@@ -115,20 +116,20 @@ class EpisodicTask(abc.ABC):
     keys = np.random.default_rng([seed, 0xE915]).permutation(self.num_episodes)
     self.train_keys = keys[:cfg.num_train_episodes]
     self.test_keys = keys[len(keys) - cfg.num_test_episodes:]
-    self.num_copies = num_copies(cfg)
     if cfg.mode == "metalearn":
       self.arrays = {k: jnp.asarray(v) for k, v in self.episodes(self.train_keys, cfg.curriculum, cfg.rotated).items()}
       self.queries = self.arrays["items"].shape[1]
       self.dataset_size = len(self.train_keys) * self.queries
     else:
-      held = self.episodes(self.test_keys, cfg.curriculum, cfg.rotated)
-      S = int((held["block"][0] >= 0).sum())      # study items come first in every row list
-      phases = [held["block"][:, :S] == 0, held["block"][:, :S] == 1, held["block"][:, :S] >= 0]  # A, B, all
-      # phase_items[p, e, :count] = the study items copy e trains on in phase p (argsort puts them first)
-      self.arrays = dict(ctx=jnp.asarray(held["ctx"]), items=jnp.asarray(held["items"][:, :S]),
-                         answers=jnp.asarray(held["answers"][:, :S]),
-                         phase_items=jnp.asarray(np.stack([np.argsort(~m, axis=1, kind="stable") for m in phases])),
-                         phase_count=jnp.asarray(np.stack([m.sum(1) for m in phases])))
+      held = self.episodes(self.test_keys[cfg.episode:cfg.episode + 1], cfg.curriculum, cfg.rotated)
+      held = {k: v[0] for k, v in held.items()}   # the one finetuned episode
+      S = int((held["block"] >= 0).sum())         # study items come first in the row list
+      phases = [held["block"][:S] == 0, held["block"][:S] == 1, held["block"][:S] >= 0]  # A, B, all
+      # phase_items[p, :count] = the study items trained on in phase p (argsort puts them first)
+      self.arrays = dict(ctx=jnp.asarray(held["ctx"]), items=jnp.asarray(held["items"][:S]),
+                         answers=jnp.asarray(held["answers"][:S]),
+                         phase_items=jnp.asarray(np.stack([np.argsort(~m, kind="stable") for m in phases])),
+                         phase_count=jnp.asarray(np.array([m.sum() for m in phases])))
       self.dataset_size = FINETUNE_INDICES
 
   @abc.abstractmethod
@@ -142,27 +143,24 @@ class EpisodicTask(abc.ABC):
                                np.random.default_rng([self.seed, int(k), *tags])) for k in keys])
 
   def batch(self, arrays: dict, indices_B, step) -> dict:
-    """Metalearning: sample i of the corpus. Finetuning: indices [E * b] -> per copy [E, b] draws of the study
-    items of the phase `step` is in (blocked: A for steps_per_block steps, then B, ...)."""
+    """Metalearning: sample i of the corpus. Finetuning: index i -> study item i mod count of the phase `step` is
+    in (blocked: A for steps_per_block steps, then B, ...; interleaved: all study items)."""
     idx = indices_B.astype(jnp.int32)
     if self.cfg.mode == "metalearn":
       e, q = idx // self.queries, idx % self.queries
       return sequences(arrays["ctx"][e], arrays["items"][e, q], arrays["answers"][e, q])
-    E = self.num_copies
-    idx_Exb = idx.reshape(E, -1)
     phase = 2 if self.cfg.finetune_schedule == "interleaved" else (step // self.cfg.steps_per_block) % 2
-    count_Ex1 = arrays["phase_count"][phase][:, None]
-    s_Exb = jnp.take_along_axis(arrays["phase_items"][phase], idx_Exb % count_Ex1, axis=1)
-    take = lambda x: jnp.take_along_axis(x, s_Exb[..., None], axis=1)
-    return sequences(arrays["ctx"][:, None], take(arrays["items"]), take(arrays["answers"]))
+    s_B = arrays["phase_items"][phase][idx % arrays["phase_count"][phase]]
+    return sequences(arrays["ctx"][None], arrays["items"][s_B], arrays["answers"][s_B])
 
   def eval_sets(self, kind: str, num_examples: int) -> dict[str, dict]:
     """fewshot: {rotation/curriculum: every query of every held-out episode}, rows flattened [E·Q];
-    episodes (finetune mode): {"finetuned": the finetuned episodes' queries, per copy [E, Q]}.
+    episodes (finetune mode): {"finetuned": every query of the finetuned episode} [Q].
     Each set also carries `block` (-1 test, 0 study block A, 1 study block B). num_examples is ignored."""
     del num_examples
     if kind == "episodes":
-      return {"finetuned": self.query_set(self.cfg.curriculum, self.cfg.rotated, flat=False)}
+      rows = self.query_set(self.cfg.curriculum, self.cfg.rotated, flat=False)
+      return {"finetuned": {k: v[self.cfg.episode] for k, v in rows.items()}}
     if kind != "fewshot":
       raise ValueError(f"{self.cfg.name} has no eval set kind {kind!r} (known: fewshot, episodes)")
     return {f"{r}/{c}": self.query_set(c, r == "rotated", flat=True) for r in ROTATIONS for c in self.curricula}

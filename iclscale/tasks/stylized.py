@@ -83,10 +83,10 @@ def cell(cfg, p_relevant: float, num_relevant: int = -1, conditioning: str = "no
   num_relevant >= 0 fixes r; flip is the OOBD relabeling; noisy_target applies label noise to the query target
   (training does, evaluation does not).
   """
-  logw_K = np.log(class_weights(cfg.num_high, cfg.num_low, cfg.p_high)).astype(np.float32)
+  logw_K = jnp.log(jnp.asarray(class_weights(cfg.num_high, cfg.num_low, cfg.p_high), jnp.float32))
   return dict(p_relevant=jnp.float32(p_relevant), num_relevant=jnp.int32(num_relevant),
               conditioning=jnp.int32(CONDITIONING[conditioning]), flip=jnp.bool_(flip),
-              noisy_target=jnp.bool_(noisy_target), logw=jnp.asarray(logw_K),
+              noisy_target=jnp.bool_(noisy_target), logw=logw_K,
               input_noise=jnp.float32(cfg.input_noise), label_noise=jnp.float32(cfg.label_noise))
 
 
