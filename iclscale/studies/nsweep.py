@@ -82,7 +82,7 @@ def aggregate(workdir: str, scale: str, p_values: list[float], seeds: tuple[int,
       per_seed = []
       for seed in seeds:
         d = os.path.join(workdir, run_name(p, log2_n, seed))
-        rows = results.read(d) if os.path.exists(os.path.join(d, "results.csv")) else []
+        rows = results.read(d) if results.exists(d) else []
         last = max((r["step"] for r in rows), default=0)
         if last == s["steps"]:
           per_seed.append({(r["evaluator"], r["metric"]): r["value"] for r in rows if r["step"] == last})
