@@ -79,6 +79,8 @@ class ResultsTable:
       return
     if step <= self.floor:
       raise ValueError(f"results: step {step} is not after step {self.floor}, already committed or resumed from")
+    if not values:
+      return
     keys = tuple(values)
     codes = self._layouts.get(keys)
     if codes is None:
