@@ -8,7 +8,9 @@ Each row runs in its own process (fresh memory, one device; its compile time is 
 `--seconds` of steady state; the timed span ends when the last dispatched step has finished. FLOPs per step are
 XLA's cost analysis of one step (`jit(...).lower(...).cost_analysis()`), so MFU = steps/s x FLOPs/step / peak,
 with the peak of the device kind and compute dtype from PEAKS below (vendor datasheets) or, on a CPU, a matmul
-measured at the start of the run. Writes one JSON (device, versions, rows) and prints a table.
+measured at the start of the run. Writes one JSON (device, versions, rows) and prints a table. The row
+`results_table` is the results table's throughput on the host (benchmarks/results_table.py): its "steps" are rows
+appended and committed, and its note gives the read rate.
 """
 import argparse
 import json
@@ -46,6 +48,7 @@ ROWS = {
     "resnet105": "ResNet encoder alone, fwd+bwd of 32 x 9 images at 105 px",
     "resnet28": "ResNet encoder alone, fwd+bwd of 32 x 9 images at 28 px",
     "gemma3_step": "Gemma 3 270M AdamW step, batch 4 x 32 tokens, loss on the last 8",
+    "results_table": "results table (CPU): a 'step' is one row appended+committed, 1e6 rows in 100K-row chunks",
 }
 
 
@@ -73,6 +76,12 @@ def run_row(name: str, seconds: float, dtype: str) -> dict:
   if name == "gemma3_step":
     from benchmarks import gemma3_step  # pylint: disable=g-import-not-at-top
     return gemma3_step.measure(seconds=seconds)
+  if name == "results_table":
+    from benchmarks import results_table  # pylint: disable=g-import-not-at-top
+    r = results_table.measure(1_000_000)
+    # Rows are the unit here: no FLOPs, nothing compiled; the read rate goes in the note.
+    return dict(r, steps_per_s=r["write_rows_per_s"], steps=r["rows"], timed_s=r["write_s"], first_dispatch_s=0.0,
+                flops_per_step=None, note=f"; read_columns {r['read_rows_per_s']:.3g} rows/s")
   raise ValueError(f"unknown benchmark {name!r} (known: {', '.join(ROWS)})")
 
 
@@ -141,7 +150,7 @@ def table(report: dict) -> str:
     lines.append(f"{r['name']:<20} {r['steps_per_s']:>10.2f} {flops / 1e9 if flops else float('nan'):>11.3f} "
                  f"{r['flops_per_s'] / 1e12 if r.get('flops_per_s') else float('nan'):>9.4f} "
                  f"{'n/a' if mfu is None else f'{100 * mfu:.2f}%':>8} {r['timed_s']:>8.1f} "
-                 f"{r['first_dispatch_s']:>9.1f}  {ROWS[r['name']]}")
+                 f"{r['first_dispatch_s']:>9.1f}  {ROWS[r['name']]}{r.get('note', '')}")
   peaks = {(r.get("peak_flops"), r.get("peak_source")) for r in report["rows"] if "peak_source" in r}
   for peak, source in sorted(peaks, key=str):
     lines.append(f"MFU divides by {'n/a' if peak is None else f'{peak / 1e12:.3f} TFLOP/s'}: {source}")

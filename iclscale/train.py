@@ -403,6 +403,7 @@ class Outputs:
     self.last_evals = values
 
   def close(self) -> None:
+    self.results.close()
     for writer in {id(w): w for w, _, _ in self.views + [(self.writer, None, None)]}.values():
       writer.flush()
       writer.close()
@@ -459,6 +460,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
         if preemption.due():
           if saved_step != step:
             checkpointer.save(step, state, data_iter)
+          if outputs is not None:
+            outputs.results.commit(step)  # table chunks end at checkpoints: a resume drops exactly what follows
           checkpointer.wait()
           logging.warning("Preempted: saved step %d in %s; re-run the same command to resume.", step, workdir)
           break
@@ -486,6 +489,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
           outputs.evaluate(step, state["params"])
         if do_save:
           checkpointer.save(step, state, data_iter)
+          outputs.results.commit(step)
           saved_step = step
       if outputs is None and step >= tr.num_steps and cfg.plot and cfg.evals:
         # A completed run re-run (e.g. killed before its figures): rebuild the evaluators to rewrite them.
@@ -516,6 +520,6 @@ def written_outputs(workdir: str) -> list[str]:
   from etils import epath  # pylint: disable=g-import-not-at-top
   names = sorted(p.name for p in epath.Path(workdir).iterdir()) if epath.Path(workdir).exists() else []
   out = ["TensorBoard events"] if any(n.startswith("events.out.tfevents") for n in names) else []
-  out += [n + "/" if n == "checkpoints" else n for n in names
-          if n == "checkpoints" or n == "results.csv" or n.endswith(".png")]
+  out += [n + "/" if n in ("checkpoints", "results") else n for n in names
+          if n in ("checkpoints", "results", "results.csv") or n.endswith(".png")]
   return out

@@ -1,6 +1,5 @@
 """The gated model f = α·g + (1−α)·h: heads against hand computations, Algorithm 1's gradient split, convergence
 of g and of the gate on constructed streams, one tiny end-to-end run, and the study's table helpers."""
-import csv
 import types
 
 import jax
@@ -12,6 +11,7 @@ import pytest
 
 from iclscale import learners
 from iclscale import models
+from iclscale import results
 from iclscale import train
 from iclscale.config import ConfigError
 from iclscale.models import gated
@@ -168,9 +168,8 @@ def test_tiny_config_end_to_end(tmp_path):
   cfg.checkpoint.per_decade = 0
   out = train.run(cfg, str(tmp_path))
   assert out["step"] == cfg.train.num_steps
-  with open(tmp_path / "results.csv") as f:
-    rows = [r for r in csv.DictReader(f) if int(r["step"]) == cfg.train.num_steps]
-  values = {(r["evaluator"], r["metric"]): float(r["value"]) for r in rows}
+  rows = [r for r in results.read(str(tmp_path)) if r["step"] == cfg.train.num_steps]
+  values = {(r["evaluator"], r["metric"]): r["value"] for r in rows}
   sets = {e for e, _ in values if e.startswith("grid/")}
   assert len(sets) == 18
   for s in sets:

@@ -29,7 +29,7 @@ def test_end_to_end_run_writes_every_output(tmp_path):
   assert p.returncode == 0, p.stderr[-2000:]
   assert f"Outputs in {workdir}" in p.stdout
   names = os.listdir(workdir)
-  assert {"results.csv", "curves.png", "config.json", "checkpoints"} <= set(names)
+  assert {"results", "curves.png", "config.json", "checkpoints"} <= set(names)
   assert any(n.startswith("events.out.tfevents") for n in names)
   assert "100" in os.listdir(workdir / "checkpoints")
 

@@ -13,6 +13,7 @@ def fake_run(workdir, error_at_end):
   t = results.ResultsTable(workdir, resume_step=-1)
   t.append(100, {("grid/oobd/relevant/C_L", "error"): 0.9})
   t.append(200, {("grid/oobd/relevant/C_L", "error"): error_at_end})
+  t.close()
 
 
 def test_aggregate_uses_last_step_and_standard_error(tmp_path, monkeypatch):
@@ -42,6 +43,7 @@ def test_partial_sweep_aggregates_finished_runs_only(tmp_path, monkeypatch):
   fake_run(str(tmp_path / nsweep.run_name(0.9, 6, 1)), 0.4)
   unfinished = results.ResultsTable(str(tmp_path / nsweep.run_name(0.9, 6, 2)), resume_step=-1)
   unfinished.append(100, {("grid/oobd/relevant/C_L", "error"): 0.0})   # stopped before the last step
+  unfinished.close()
   table = nsweep.aggregate(str(tmp_path), "test", [0.9], (0, 1, 2))   # N=2^8 has no run at all
   assert [(r["log2_N"], r["seeds"], r["mean"]) for r in table] == [(6, 2, pytest.approx(0.3))]
 

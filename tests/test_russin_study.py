@@ -47,11 +47,10 @@ def test_icl_measures_agree_between_metalearning_and_finetuning_runs(study):
 
 
 def last_row(workdir: str, evaluator: str) -> dict[str, float]:
-  """{metric: value} of `evaluator` at the last step of a run's results.csv."""
-  with open(os.path.join(workdir, "results.csv")) as f:
-    rows = [r for r in csv.DictReader(f) if r["evaluator"] == evaluator]
-  step = max(int(r["step"]) for r in rows)
-  return {r["metric"]: float(r["value"]) for r in rows if int(r["step"]) == step}
+  """{metric: value} of `evaluator` at the last step of a run's results table."""
+  rows = [r for r in results.read(workdir) if r["evaluator"] == evaluator]
+  step = max(r["step"] for r in rows)
+  return {r["metric"]: r["value"] for r in rows if r["step"] == step}
 
 
 def test_table_rows_and_outputs(study):

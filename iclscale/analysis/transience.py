@@ -149,7 +149,7 @@ def plot_scatter(summaries: list[dict], x: str, y: str, path: str, xlabel: str, 
 
 def main(argv: list[str] | None = None) -> list[dict]:
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("runs", nargs="+", help="run directories holding results.csv")
+  ap.add_argument("runs", nargs="+", help="run directories holding a results table")
   ap.add_argument("--out", required=True, help="directory for transience_summary.csv and the figures")
   ap.add_argument("--icl", default=ICL_DEFAULT, help="ICL curve as evaluator:metric")
   ap.add_argument("--iwl", default=IWL_DEFAULT, help="IWL curve as evaluator:metric")

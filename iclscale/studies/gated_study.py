@@ -15,7 +15,7 @@ step N) is skipped, so re-running resumes the sweep. Writes to --workdir:
 Predicted switch points are vertical lines (solid: median rule, dotted: instant rule; see theory.py).
 
 A transformer N sweep (--transformer_runs) is a directory of run workdirs, each with config.json (task.dataset_size,
-task.input_noise, task.p_high) and results.csv with evaluators grid/{ibd,oobd}/{relevant,irrelevant}/{C_H,C_L};
+task.input_noise, task.p_high) and a results table with evaluators grid/{ibd,oobd}/{relevant,irrelevant}/{C_H,C_L};
 its last evaluation is plotted against N = task.dataset_size in the figure of the matching σ and p_high. Note
 that the transformer's N is a dataset trained on for many epochs, the gated model's N a single pass.
 """
@@ -79,8 +79,7 @@ def run_dir(workdir: str, sigma: float, p_high: float, seed: int, n: int) -> str
 
 
 def finished(path: str, n: int) -> bool:
-  table = os.path.join(path, results_lib.FILENAME)
-  return os.path.exists(table) and any(r["step"] == n for r in results_lib.read_rows(table))
+  return results_lib.exists(path) and bool(np.any(results_lib.read_columns(path)["step"] == n))
 
 
 def sweep(workdir: str, sc: dict) -> list[tuple[tuple, str]]:
@@ -140,7 +139,7 @@ def transformer_rows(directory: str, p_relevant: float) -> list[dict]:
   for name in sorted(os.listdir(directory)):
     path = os.path.join(directory, name)
     cfg_path = os.path.join(path, "config.json")
-    if not (os.path.exists(cfg_path) and os.path.exists(os.path.join(path, results_lib.FILENAME))):
+    if not (os.path.exists(cfg_path) and results_lib.exists(path)):
       continue
     with open(cfg_path) as f:
       cfg = json.load(f)
