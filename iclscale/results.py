@@ -56,6 +56,7 @@ class ResultsTable:
   def __init__(self, workdir: str, resume_step: int, columns: tuple[str, ...] = ()):
     self.dir = epath.Path(workdir) / DIRNAME
     self.columns = tuple(columns)
+    self._column_set = frozenset(self.columns)
     clash = [c for c in self.columns if c in FIELDS]
     if clash or len(set(self.columns)) != len(self.columns):
       raise ValueError(f"results columns {self.columns}: member columns must be distinct and not one of {FIELDS}")
@@ -96,12 +97,13 @@ class ResultsTable:
     return _intern(self._evaluators, [e for e, _ in keys]), _intern(self._metrics, [m for _, m in keys])
 
   def _member_values(self, member: dict | None) -> tuple:
-    member = member or {}
-    unknown = sorted(set(member) - set(self.columns))
-    if unknown:
+    if not member:
+      return (None,) * len(self.columns)
+    if not self._column_set.issuperset(member):
+      unknown = sorted(set(member) - self._column_set)
       raise ValueError(f"results: member column(s) {', '.join(unknown)} not among the table's columns "
                        f"{self.columns}")
-    return tuple(member.get(c) for c in self.columns)
+    return tuple(map(member.get, self.columns))
 
   def commit(self, step: int) -> None:
     """Writes the buffered rows as the chunk of `step` (none if nothing is buffered) and empties the buffer."""
@@ -157,7 +159,9 @@ def _member_column(name: str, per_call: list, call_of_row: np.ndarray) -> pa.Arr
 def _write_chunk(path: epath.Path, table: pa.Table, local: bool) -> None:
   """Writes `path` whole or not at all: readers never see a partial chunk."""
   sink = pa.BufferOutputStream()
-  pq.write_table(table, sink, compression="zstd")
+  # Dictionary pages for the few distinct steps, names and member values; not for values, which rarely repeat
+  # (encoding them only slows writing and reading).
+  pq.write_table(table, sink, compression="zstd", use_dictionary=[c for c in table.column_names if c != "value"])
   data = sink.getvalue()
   if not local:
     path.write_bytes(data.to_pybytes())  # an object store shows an object whole or not at all
@@ -236,7 +240,8 @@ def _read_chunk(path: epath.Path) -> pa.Table:
   """One chunk, checked: an unreadable chunk is an error naming it, never skipped (rows would silently go)."""
   try:
     source = str(path) if "://" not in str(path) else pa.BufferReader(path.read_bytes())
-    table = pq.read_table(source)
+    with pq.ParquetFile(source) as f:
+      table = f.read()
   except (pa.ArrowException, OSError) as e:
     raise ValueError(f"{path}: unreadable results chunk ({_one_line(e)})") from None
   for name in FIELDS:
