@@ -108,6 +108,9 @@ class ModelSpec:
   defaults: dict[str, Any]                                # every field with its default
   validate: Callable[[Any, tuple[int, ...]], None]        # (cfg, task input shape) -> None; raises ConfigError
   build: Callable[[Any, Task], Model]                     # (cfg, task) -> Model
+  # The built model holds values of the task's seed (the gated model's prototype regions): population members
+  # must then share the seed (iclscale/population.py refuses a population that varies it).
+  reads_task_seed: bool = False
 
 
 class Evaluator(abc.ABC):

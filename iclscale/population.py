@@ -109,15 +109,17 @@ def allowed_fields(task_member_fields: tuple[str, ...] | None) -> tuple[str, ...
   return ("seed",) + OPTIM_FIELDS + tuple(f"task.{f}" for f in task_member_fields)
 
 
-def members(config: ml_collections.ConfigDict, resolve_solo, task_member_fields) -> Members:
+def members(config: ml_collections.ConfigDict, resolve_solo, task_member_fields, model_reads_task_seed) -> Members:
   """Resolves every member of `config`'s population (each as a solo config, so each is validated as one) and
   refuses paths that would change the program. `resolve_solo(config without population) -> resolved config`;
-  `task_member_fields(task name) -> the task's member_fields`."""
+  `task_member_fields(task name) -> the task's member_fields`; `model_reads_task_seed(model name) -> bool`."""
   overrides = member_overrides(config.population)
   solo = copy.deepcopy(config)
   with solo.unlocked():
     del solo["population"]
   allowed = allowed_fields(task_member_fields(solo.task.get("name")))
+  if model_reads_task_seed(solo.model.get("name")):
+    allowed = tuple(a for a in allowed if a != "seed")
   paths = tuple(overrides[0])
   known = config_lib.flatten(solo)
   for path in paths:

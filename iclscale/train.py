@@ -42,6 +42,8 @@ TRAIN_DEFAULTS = dict(
     steps_per_dispatch=10,   # K steps per jitted call (lax.scan); every cadence below must be a multiple of K
     log_every=1000,          # write averaged train loss/accuracy/grad-norm and the lr every this many steps
     eval_at_start=False,     # also run the evaluators on the initial params (step 0): fine-tuning's baseline
+    eval_steps=(),           # extra steps at which the evaluators run (multiples of steps_per_dispatch), e.g. the
+                             # dataset sizes N of a streaming sweep read off one long run (studies/gated_study.py)
 )
 TOP_FIELDS = ("seed", "task", "model", "optim", "train", "data", "mesh", "checkpoint", "eval_every", "evals",
               "report_every_secs", "plot", "profile", "population")
@@ -74,7 +76,7 @@ def resolve_members(config: ml_collections.ConfigDict) -> population_lib.Members
   """The members of config's population, each resolved as a solo run; None for a solo run."""
   if not population_lib.is_population(config):
     return None
-  return population_lib.members(config, resolve_solo, tasks.member_fields)
+  return population_lib.members(config, resolve_solo, tasks.member_fields, models.reads_task_seed)
 
 
 def resolve_solo(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
@@ -104,6 +106,9 @@ def resolve_solo(config: ml_collections.ConfigDict) -> ml_collections.FrozenConf
                   ("eval_every", config.eval_every), ("checkpoint.every", out.checkpoint.every)):
     config_lib.check(isinstance(v, int) and v >= 0 and v % k == 0, name,
                      f"must be a multiple of train.steps_per_dispatch={k}, got {v!r}")
+  for s in tr.eval_steps:
+    config_lib.check(isinstance(s, int) and 0 < s <= tr.num_steps and s % k == 0, "train.eval_steps",
+                     f"every step must be a multiple of train.steps_per_dispatch={k} in (0, num_steps], got {s!r}")
   out.eval_every = config.eval_every
   parallelism = mesh_lib.batch_parallelism(out.mesh)
   config_lib.check(tr.batch_size % parallelism == 0, "train.batch_size",
@@ -479,7 +484,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
                             restored is None, lr_fn, members)
         outputs.report(step, state["step"])  # timed on finished work: iclscale/progress.py
         do_eval = bool(outputs.evaluators) and ckpt_lib.itstime(step, cfg.eval_every, tr.num_steps,
-                                                                checkpointer.milestones)
+                                                                checkpointer.milestones | set(tr.eval_steps))
         do_save = checkpointer.due(step)
         # Train metrics are also logged at every save, so a resumed run logs the same windows as an unbroken one.
         if do_eval or do_save or ckpt_lib.itstime(step, tr.log_every, tr.num_steps):

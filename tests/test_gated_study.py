@@ -27,3 +27,16 @@ def test_study_reads_transformer_runs_and_finds_crossings(tmp_path):
   assert gated_study.crossing(ns, np.array([0.6, 0.7, 0.8])) == 64
   assert gated_study.crossing(ns, np.array([0.1, 0.2, 0.3])) == float("inf")
   assert os.path.exists(gated_study.CONFIG)
+
+
+def test_population_sweep_equals_the_one_at_a_time_runs(tmp_path):
+  """σ members trained once to the largest N and read at every N equal the separate N-step runs (the data is a
+  stream and the learners' clocks do not depend on the run's length), for every seed."""
+  sc = dict(gated_study.SCALES["tiny"], seeds=(0, 1), sigmas=(0.1, 0.3))
+  pop = gated_study.sweep_population(str(tmp_path / "pop"), sc)
+  runs = gated_study.gated_rows(gated_study.sweep(str(tmp_path / "runs"), sc))
+  key = lambda r: (r["sigma"], r["p_high"], r["seed"], r["N"], r["set"], r["metric"])
+  assert len(pop) == len(runs) > 0
+  want = {key(r): r["value"] for r in runs}
+  for r in pop:
+    assert r["value"] == pytest.approx(want[key(r)], rel=1e-5, abs=1e-6), key(r)

@@ -52,3 +52,28 @@ def test_members_are_seed_major_and_shards_partition_them():
   m = nsweep.members("quick", [0.9], (0, 1, 2, 3, 4))
   assert len(m) == 25 and m[:6] == [(0.9, n, 0) for n in (6, 8, 10, 12, 14)] + [(0.9, 6, 1)]
   assert sorted(m[0::2] + m[1::2]) == sorted(m)
+
+
+def test_population_mode_aggregates_its_one_table_like_the_runs(tmp_path, monkeypatch):
+  """The same values as one population table (member columns p_relevant, dataset_size, seed) or as runs."""
+  monkeypatch.setitem(nsweep.SCALES, "test", dict(steps=200, log2_sizes=(6, 8), seeds=(0, 1)))
+  errors = {(6, 0): 0.2, (6, 1): 0.4, (8, 0): 1.0, (8, 1): 0.8}
+  table = results.ResultsTable(str(tmp_path / "pop" / "population"), -1,
+                               ("member", "task.p_relevant", "task.dataset_size", "seed"))
+  for i, ((log2_n, seed), e) in enumerate(errors.items()):
+    fake_run(str(tmp_path / "runs" / nsweep.run_name(0.9, log2_n, seed)), e)
+    member = {"member": i, "task.p_relevant": 0.9, "task.dataset_size": 2**log2_n, "seed": seed}
+    table.append(100, {("grid/oobd/relevant/C_L", "error"): 0.9}, member)
+    table.append(200, {("grid/oobd/relevant/C_L", "error"): e}, member)
+  table.close()
+  pop = nsweep.aggregate(str(tmp_path / "pop"), "test", [0.9], (0, 1), population=True)
+  runs = nsweep.aggregate(str(tmp_path / "runs"), "test", [0.9], (0, 1))
+  assert pop == runs and [r["mean"] for r in pop] == [pytest.approx(0.3), pytest.approx(0.9)]
+
+
+def test_population_config_is_the_whole_grid():
+  from iclscale import train  # pylint: disable=g-import-not-at-top
+  members = train.resolve_members(nsweep.population_config("tiny", [0.9, 0.0], (0, 1)))
+  assert members.size == 2 * 2 * 2   # p x N x seeds
+  assert {(m.task.p_relevant, m.task.dataset_size, m.seed) for m in members.cfgs} == {
+      (p, 2**n, s) for p in (0.9, 0.0) for n in (6, 10) for s in (0, 1)}

@@ -69,6 +69,16 @@ def test_bad_populations_are_one_line_errors(tiny, pop, field, message):
   assert str(e.value).startswith(f"config.{field}") and message in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_model_holding_the_task_seed_refuses_seed_members():
+  from configs import chan2024_gated  # pylint: disable=g-import-not-at-top
+  c = chan2024_gated.get_config("tiny")
+  c.population = dict(product=dict(seed=(0, 1)), zip={})
+  with pytest.raises(ConfigError, match="population.product.seed: a population cannot vary seed"):
+    train.resolve(c)
+  c.population = dict(product=dict(task=dict(input_noise=(0.1, 0.3))), zip={})
+  assert train.resolve_members(c).size == 2
+
+
 def test_population_must_split_over_the_population_axis(tiny):
   c = pop_config(tiny, **{"mesh.num_devices": 2, "mesh.population": 2, "mesh.data": 1})
   with pytest.raises(ConfigError, match="3 members do not split over 2 devices"):

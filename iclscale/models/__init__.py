@@ -64,7 +64,8 @@ REGISTRY: dict[str, contracts.ModelSpec] = {
     "transformer": contracts.ModelSpec(dict(TRANSFORMER_DEFAULTS, **precision.DEFAULTS), validate_transformer,
                                        build_transformer),
     # The stylized gated model f = α·g + (1−α)·h of Chan et al. 2024, trained by their Algorithm 1.
-    "gated": contracts.ModelSpec(dict(gated.DEFAULTS, **precision.DEFAULTS), gated.validate, gated.build),
+    "gated": contracts.ModelSpec(dict(gated.DEFAULTS, **precision.DEFAULTS), gated.validate, gated.build,
+                                 reads_task_seed=True),
     # A Llama-style token decoder trained from scratch (Russin et al. 2024's metalearning model).
     "decoder": contracts.ModelSpec(dict(decoder.DEFAULTS, **precision.DEFAULTS), decoder.validate, decoder.build),
     # Gemma 3 as a causal LM scored on answer tokens (pretrained weights loaded, not initialized).
@@ -73,6 +74,11 @@ REGISTRY: dict[str, contracts.ModelSpec] = {
 
 
 SELF_CAST = ("gemma3",)  # models whose layers cast their float32 weights to model.dtype themselves
+
+
+def reads_task_seed(name: str) -> bool:
+  """Whether model `name` holds values of the task's seed once built (contracts.ModelSpec.reads_task_seed)."""
+  return name in REGISTRY and REGISTRY[name].reads_task_seed
 
 
 def resolve(cfg: ml_collections.ConfigDict, input_shape: tuple[int, ...]) -> ml_collections.FrozenConfigDict:

@@ -101,6 +101,34 @@ def sweep(workdir: str, sc: dict) -> list[tuple[tuple, str]]:
   return out
 
 
+def sweep_population(workdir: str, sc: dict) -> list[dict]:
+  """The sweep `sc` as one population run per seed in <workdir>/population_seed<s>: members σ x p_high, each
+  trained for the largest N and evaluated at every N of the sweep. The data is a stream and the learners' clocks
+  do not depend on the run's length, so a member's state at step N is exactly the one-at-a-time run of N steps.
+  (One population per seed: the gated model's regions are the seed's prototypes, models.reads_task_seed.)
+  Returns the gated rows of the table (as gated_rows)."""
+  from iclscale import train  # pylint: disable=g-import-not-at-top
+  ns = [2**k for k in range(sc["log2n"][0], sc["log2n"][1] + 1)]
+  rows = []
+  for seed in sc["seeds"]:
+    c = run_config(sc["num_examples"], sc["sigmas"][0], sc["p_highs"][0], seed, ns[-1])
+    c.train.eval_steps = tuple(ns)
+    c.population = dict(product=dict(task=dict(input_noise=tuple(sc["sigmas"]), p_high=tuple(sc["p_highs"]))),
+                        zip={})
+    path = os.path.join(workdir, f"population_seed{seed}")
+    if not finished(path, ns[-1]):
+      t = time.time()
+      train.run(c, path)
+      print(f"seed {seed}: population of {len(sc['sigmas']) * len(sc['p_highs'])} members, N up to {ns[-1]}: "
+            f"{time.time() - t:.1f} s", flush=True)
+    for r in results_lib.read(path):
+      if r["step"] in ns and r["evaluator"].startswith("grid/"):
+        rows.append(dict(sigma=float(r["task.input_noise"]), p_high=float(r["task.p_high"]), seed=seed,
+                         N=r["step"], source="gated", set=r["evaluator"].split("/", 1)[1], metric=r["metric"],
+                         value=r["value"]))
+  return rows
+
+
 def gated_rows(points: list[tuple[tuple, str]]) -> list[dict]:
   rows = []
   for (sigma, p_high, seed, n), path in points:
@@ -277,6 +305,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--p_highs", default=None, help="comma-separated p_high values, replacing the scale's")
   parser.add_argument("--seeds", default=None, help="comma-separated seeds, replacing the scale's")
   parser.add_argument("--log2n", default=None, help="smallest,largest log2 N, replacing the scale's (e.g. 6,13)")
+  parser.add_argument("--population", action="store_true",
+                      help="train the sweep as one population run (one program; every N read off one run)")
   args = parser.parse_args(argv)
   sc = dict(SCALES[args.scale])
   for field, cast in (("sigmas", float), ("p_highs", float), ("seeds", int), ("log2n", int)):
@@ -288,8 +318,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   # Runs of one (σ, p_high, seed) differ only in N, so their programs are compiled once and then read back.
   train.enable_compilation_cache(min_compile_secs=0.0)
   os.makedirs(args.workdir, exist_ok=True)
-  points = sweep(args.workdir, sc)
-  rows = gated_rows(points)
+  rows = sweep_population(args.workdir, sc) if args.population else gated_rows(sweep(args.workdir, sc))
   ns = [2**k for k in range(sc["log2n"][0], sc["log2n"][1] + 1)]
   switches, figures = [], []
   p_relevant = load_config().task.p_relevant
