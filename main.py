@@ -66,6 +66,10 @@ try:  # defining the flag loads the default config with any --config.* overrides
 except Exception as e:  # pylint: disable=broad-except  # a bad override of the default config
   fail(flag_error(e, sys.argv))
 flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>[_<arg>]). Re-run to resume.")
+flags.DEFINE_string("population", "", "Train a population in one program: every combination of the axes "
+                    "'path=v1,v2 path=v1,v2', e.g. 'seed=0,1,2 task.dataset_size=64,1024' (iclscale/population.py)")
+flags.DEFINE_string("population_zip", "", "Population axes varied together (equal lengths), e.g. "
+                    "'seed=0,1 optim.lr=1e-3,3e-4'; one more axis of --population's product")
 FLAGS = flags.FLAGS
 
 
@@ -140,6 +144,11 @@ def main(argv):
   workdir = FLAGS.workdir or default_workdir()
   try:
     distributed.initialize_from_flags()
+    if FLAGS.population or FLAGS.population_zip:
+      from iclscale import population  # pylint: disable=g-import-not-at-top
+      with FLAGS.config.unlocked():
+        FLAGS.config.population = dict(product=population.parse_axes(FLAGS.population, "population.product"),
+                                       zip=population.parse_axes(FLAGS.population_zip, "population.zip"))
     distributed.check_same_run(FLAGS.config, workdir)
     out = train.run(FLAGS.config, workdir, start_time=_START)
   except config_lib.ConfigError as e:

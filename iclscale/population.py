@@ -15,6 +15,7 @@ error; members that differ in shape run as separate runs.
 """
 from __future__ import annotations
 
+import ast
 import copy
 import dataclasses
 import itertools
@@ -67,6 +68,25 @@ class Members:
     if "optim.l2" in self.fields:
       out["l2"] = np.array([c.optim.l2 for c in self.cfgs], np.float32)
     return out
+
+
+def parse_axes(text: str, flag: str) -> dict:
+  """'seed=0,1,2 task.dataset_size=64,1024' (axes separated by spaces or ';') -> the nested dict of a population
+  block, dict(seed=(0, 1, 2), task=dict(dataset_size=(64, 1024))); values are Python literals."""
+  out: dict = {}
+  for axis in text.replace(";", " ").split():
+    path, eq, values = axis.partition("=")
+    config_lib.check(bool(eq and path and values), flag, f"expected path=v1,v2,... got {axis!r}")
+    try:
+      parsed = tuple(ast.literal_eval(v) for v in values.split(","))
+    except (ValueError, SyntaxError):
+      raise config_lib.ConfigError(f"config.{flag}: values of {path} must be Python literals, got {values!r}") from None
+    node = out
+    *parents, leaf = path.split(".")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = parsed
+  return out
 
 
 def is_population(config) -> bool:
