@@ -29,12 +29,12 @@ from iclscale import evaluators
 from iclscale import mesh as mesh_lib
 from iclscale import models
 from iclscale import optim
+from iclscale import outputs as outputs_lib
 from iclscale import pipeline
 from iclscale import population as population_lib
 from iclscale import preemption as preemption_lib
 from iclscale import profiling
 from iclscale import tasks
-from iclscale.results import ResultsTable
 
 TRAIN_DEFAULTS = dict(
     num_steps=20_000,        # total optimizer steps
@@ -48,7 +48,6 @@ TRAIN_DEFAULTS = dict(
 TOP_FIELDS = ("seed", "task", "model", "optim", "train", "data", "mesh", "checkpoint", "eval_every", "evals",
               "report_every_secs", "plot", "profile", "population")
 OPTIONAL_FIELDS = ("profile", "population")  # sections with defaults for every field: a config may leave them out
-METRICS = ("loss", "accuracy", "grad_norm")
 
 
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -135,7 +134,7 @@ def enable_compilation_cache(path: str | None = None, min_compile_secs: float = 
 
 
 def zero_sums() -> dict:
-  return {m: jnp.zeros((), jnp.float32) for m in METRICS + ("count",)}
+  return {m: jnp.zeros((), jnp.float32) for m in outputs_lib.METRICS + ("count",)}
 
 
 SAMPLER_SALT, INIT_SALT = 0x5A3, 0x1417   # streams of the run's seed: device-side index sampling, initialization
@@ -335,85 +334,6 @@ def build_program(cfg, members: population_lib.Members | None, task_list: list, 
   return Program(cfg, members, task_list, model, state, tx, lr_fn, chunk, inputs, idx_shape, idx_sharding)
 
 
-class Outputs:
-  """Everything the run writes besides checkpoints: CLU summaries, progress reports, the results table, sweeps.
-
-  Built after the first training dispatch, so the slow imports (CLU pulls in TensorFlow) and the evaluators'
-  compilation overlap with training instead of delaying it. A population writes one results table with its
-  members' varying fields as columns, and one TensorBoard run per member (members/<name>/) beside the progress
-  summaries of the whole program.
-  """
-
-  def __init__(self, cfg, workdir, task_list, model, mesh, resume_step, fresh, lr_fn,
-               members: population_lib.Members | None = None):
-    from clu import metric_writers  # pylint: disable=g-import-not-at-top
-    self.members = members
-    just_logging = jax.process_index() > 0
-    self.results = ResultsTable(workdir, resume_step, ("member",) + members.fields if members else ())
-    self.writer = metric_writers.create_default_writer(workdir, just_logging=just_logging)
-    if members is None:
-      self.views = [(self.writer, None, cfg)]
-    else:
-      self.views = [(metric_writers.create_default_writer(os.path.join(workdir, "members", members.name(i)),
-                                                          just_logging=just_logging, asynchronous=False),
-                     members.columns(i), members.cfgs[i]) for i in range(members.size)]
-    if fresh:
-      for writer, _, view_cfg in self.views:
-        writer.write_hparams({n: (v if isinstance(v, (int, float, str, bool)) else str(v))
-                              for n, v in config_lib.flatten(view_cfg).items()})
-    from iclscale import progress  # pylint: disable=g-import-not-at-top  # imports CLU
-    self.report = progress.SyncedProgress(num_train_steps=cfg.train.num_steps, writer=self.writer,
-                                          every_secs=cfg.report_every_secs)
-    built = [evaluators.build(cfg.evals, t, model.apply, mesh) for t in task_list]
-    if members is None:
-      self.evaluators = built[0]
-    else:
-      from iclscale.evaluators import stacked  # pylint: disable=g-import-not-at-top
-      self.evaluators = [stacked.Stacked([b[j] for b in built], mesh) for j in range(len(built[0]))]
-    self.lr_fn = lr_fn
-    self.lrs = [view_cfg.optim.lr for _, _, view_cfg in self.views]
-    self.last_train: list[dict[str, float]] = [{} for _ in self.views]
-    self.last_evals: list[dict] = [{} for _ in self.views]
-
-  def log_train(self, step: int, sums: dict) -> None:
-    sums = jax.device_get(sums)
-    for i, (writer, columns, _) in enumerate(self.views):
-      member_sums = {m: v if self.members is None else v[i] for m, v in sums.items()}
-      if not member_sums["count"]:
-        return
-      out = {f"train/{m}": float(member_sums[m] / member_sums["count"]) for m in METRICS}
-      out["train/lr"] = float(self.lr_fn(step)) * self.lrs[i] / self.lrs[0] if self.members else float(
-          self.lr_fn(step))
-      if not np.isfinite(out["train/loss"]):
-        who = "" if columns is None else f" of population member {columns}"
-        raise FloatingPointError(
-            f"training loss{who} is {out['train/loss']} at step {step}; stopped. Re-run the same command with a "
-            f"lower learning rate or with clipping (e.g. --config.optim.lr={self.lrs[i] / 3:.3g} or "
-            "--config.optim.grad_clip=1.0) to resume from the last checkpoint; the change is recorded in "
-            "history.jsonl")
-      writer.write_scalars(step, out)
-      self.last_train[i] = out
-
-  def evaluate(self, step: int, params: Any) -> None:
-    distributed.barrier("evaluate")
-    values = [{} for _ in self.views]
-    for ev in self.evaluators:
-      out = ev(params)
-      for i, rows in enumerate([out] if self.members is None else out):
-        values[i].update(rows)
-    for i, (writer, columns, _) in enumerate(self.views):
-      values[i].update({("train", name.split("/", 1)[1]): v for name, v in self.last_train[i].items()})
-      writer.write_scalars(step, {f"{e}/{m}": v for (e, m), v in values[i].items()})
-      self.results.append(step, values[i], columns)
-    self.last_evals = values
-
-  def close(self) -> None:
-    self.results.close()
-    for writer in {id(w): w for w, _, _ in self.views + [(self.writer, None, None)]}.values():
-      writer.flush()
-      writer.close()
-
-
 def guard_workdir(workdir: str, cfg) -> bool:
   """checkpoint.guard_workdir, and a run is extended, never shortened: its checkpoints are kept."""
   latest = ckpt_lib.latest_saved_step(workdir)
@@ -439,7 +359,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
     # Each member's task is built from its own config and seed, exactly as its solo run's; the data is read first:
     # a missing data set leaves no run record behind.
     task_list = [tasks.build(c.task, c.seed) for c in members.cfgs] if members else [tasks.build(cfg.task, cfg.seed)]
-    task = task_list[0]
     # Decided once, on process 0, from the workdir's files: every process then acts on the same answer.
     fresh = not distributed.on_process_zero("workdir", lambda: guard_workdir(workdir, cfg))
     prog = build_program(cfg, members, task_list, mesh)
@@ -459,7 +378,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
     profile = profiling.Profile(cfg.profile, workdir)
     try:
       if tr.eval_at_start and restored is None and cfg.evals:
-        outputs = Outputs(cfg, workdir, task_list, model, mesh, -1, True, lr_fn, members)
+        outputs = outputs_lib.Outputs(cfg, workdir, task_list, model, mesh, -1, True, lr_fn, members)
         outputs.evaluate(0, state["params"])
       while step < tr.num_steps:
         if preemption.due():
@@ -480,7 +399,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
         if step == start_step + k:
           logging.info("First training step dispatched %.1f s after start.", time.time() - start_time)
         if outputs is None:
-          outputs = Outputs(cfg, workdir, task_list, model, mesh, start_step if restored else -1,
+          outputs = outputs_lib.Outputs(cfg, workdir, task_list, model, mesh, start_step if restored else -1,
                             restored is None, lr_fn, members)
         outputs.report(step, state["step"])  # timed on finished work: iclscale/progress.py
         do_eval = bool(outputs.evaluators) and ckpt_lib.itstime(step, cfg.eval_every, tr.num_steps,
@@ -498,7 +417,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
           saved_step = step
       if outputs is None and step >= tr.num_steps and cfg.plot and cfg.evals:
         # A completed run re-run (e.g. killed before its figures): rebuild the evaluators to rewrite them.
-        outputs = Outputs(cfg, workdir, task_list, model, mesh, step, False, lr_fn, members)
+        outputs = outputs_lib.Outputs(cfg, workdir, task_list, model, mesh, step, False, lr_fn, members)
     finally:
       profile.close(state["step"])
       preemption.close()

@@ -242,3 +242,20 @@ def test_too_few_processes_stop_every_process_within_the_init_timeout(tmp_path):
   assert all(c not in (0, None) for c in codes) and time.monotonic() - t0 < 110
   assert all("RegisterTask" in job.log(i) or "Terminating process" in job.log(i) for i in range(2))
   assert os.listdir(wd) == ["logs"]
+
+
+def test_population_split_over_two_processes(tmp_path):
+  """4 members over population=4 x data=2 on 2 processes: each process trains its 2 members (their indices made
+  on that host only) and the one table equals the same population in one process of 8 devices."""
+  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  over = dict(DP, **{"mesh.population": 4, "mesh.data": 2, "plot": False})
+  pop = "--population_zip=seed=0,1,2,3 task.dataset_size=64,64,1024,1024"
+  job, codes = run(tmp_path / "two", over, pop, probe=False)
+  assert codes == [0, 0], job.log(0)[-3000:] + job.log(1)[-3000:]
+  c = tiny_config(**over)
+  c.population = dict(product={}, zip=dict(seed=(0, 1, 2, 3), task=dict(dataset_size=(64, 64, 1024, 1024))))
+  train.run(c, str(tmp_path / "one"))
+  two, one = results.read(str(tmp_path / "two")), results.read(str(tmp_path / "one"))
+  assert {r["member"] for r in two} == {0, 1, 2, 3}
+  assert_same_run([(r["step"], f'{r["member"]}/{r["evaluator"]}', r["metric"], r["value"]) for r in two],
+                  [(r["step"], f'{r["member"]}/{r["evaluator"]}', r["metric"], r["value"]) for r in one])

@@ -1,0 +1,99 @@
+"""Everything a run writes besides checkpoints: CLU summaries, progress reports, the results table, evaluations.
+
+Built by the loop after the first training dispatch, so the slow imports (CLU pulls in TensorFlow) and the
+evaluators' compilation overlap with training instead of delaying it.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from iclscale import config as config_lib
+from iclscale import distributed
+from iclscale import evaluators
+from iclscale import population as population_lib
+from iclscale.results import ResultsTable
+
+METRICS = ("loss", "accuracy", "grad_norm")   # train metrics summed in the state and averaged per log window
+
+
+class Outputs:
+  """Everything the run writes besides checkpoints: CLU summaries, progress reports, the results table, sweeps.
+
+  Built after the first training dispatch, so the slow imports (CLU pulls in TensorFlow) and the evaluators'
+  compilation overlap with training instead of delaying it. A population writes one results table with its
+  members' varying fields as columns, and one TensorBoard run per member (members/<name>/) beside the progress
+  summaries of the whole program.
+  """
+
+  def __init__(self, cfg, workdir, task_list, model, mesh, resume_step, fresh, lr_fn,
+               members: population_lib.Members | None = None):
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top
+    self.members = members
+    just_logging = jax.process_index() > 0
+    self.results = ResultsTable(workdir, resume_step, ("member",) + members.fields if members else ())
+    self.writer = metric_writers.create_default_writer(workdir, just_logging=just_logging)
+    if members is None:
+      self.views = [(self.writer, None, cfg)]
+    else:
+      self.views = [(metric_writers.create_default_writer(os.path.join(workdir, "members", members.name(i)),
+                                                          just_logging=just_logging, asynchronous=False),
+                     members.columns(i), members.cfgs[i]) for i in range(members.size)]
+    if fresh:
+      for writer, _, view_cfg in self.views:
+        writer.write_hparams({n: (v if isinstance(v, (int, float, str, bool)) else str(v))
+                              for n, v in config_lib.flatten(view_cfg).items()})
+    from iclscale import progress  # pylint: disable=g-import-not-at-top  # imports CLU
+    self.report = progress.SyncedProgress(num_train_steps=cfg.train.num_steps, writer=self.writer,
+                                          every_secs=cfg.report_every_secs)
+    built = [evaluators.build(cfg.evals, t, model.apply, mesh) for t in task_list]
+    if members is None:
+      self.evaluators = built[0]
+    else:
+      from iclscale.evaluators import stacked  # pylint: disable=g-import-not-at-top
+      self.evaluators = [stacked.Stacked([b[j] for b in built], mesh) for j in range(len(built[0]))]
+    self.lr_fn = lr_fn
+    self.lrs = [view_cfg.optim.lr for _, _, view_cfg in self.views]
+    self.shared_lr = cfg.optim.lr   # the optimizer's: a member's updates are scaled by its lr over this one
+    self.last_train: list[dict[str, float]] = [{} for _ in self.views]
+    self.last_evals: list[dict] = [{} for _ in self.views]
+
+  def log_train(self, step: int, sums: dict) -> None:
+    sums = jax.device_get(sums)
+    for i, (writer, columns, _) in enumerate(self.views):
+      member_sums = {m: v if self.members is None else v[i] for m, v in sums.items()}
+      if not member_sums["count"]:
+        return
+      out = {f"train/{m}": float(member_sums[m] / member_sums["count"]) for m in METRICS}
+      out["train/lr"] = float(self.lr_fn(step)) * self.lrs[i] / self.shared_lr  # a member's own lr
+      if not np.isfinite(out["train/loss"]):
+        who = "" if columns is None else f" of population member {columns}"
+        raise FloatingPointError(
+            f"training loss{who} is {out['train/loss']} at step {step}; stopped. Re-run the same command with a "
+            f"lower learning rate or with clipping (e.g. --config.optim.lr={self.lrs[i] / 3:.3g} or "
+            "--config.optim.grad_clip=1.0) to resume from the last checkpoint; the change is recorded in "
+            "history.jsonl")
+      writer.write_scalars(step, out)
+      self.last_train[i] = out
+
+  def evaluate(self, step: int, params: Any) -> None:
+    distributed.barrier("evaluate")
+    values = [{} for _ in self.views]
+    for ev in self.evaluators:
+      out = ev(params)
+      for i, rows in enumerate([out] if self.members is None else out):
+        values[i].update(rows)
+    for i, (writer, columns, _) in enumerate(self.views):
+      values[i].update({("train", name.split("/", 1)[1]): v for name, v in self.last_train[i].items()})
+      writer.write_scalars(step, {f"{e}/{m}": v for (e, m), v in values[i].items()})
+      self.results.append(step, values[i], columns)
+    self.last_evals = values
+
+  def close(self) -> None:
+    self.results.close()
+    for writer in {id(w): w for w, _, _ in self.views + [(self.writer, None, None)]}.values():
+      writer.flush()
+      writer.close()
