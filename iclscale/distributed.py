@@ -253,3 +253,13 @@ def compiled_together(name: str, jitted: Callable, *args) -> Callable:
 
   compile_variant(*args)
   return call
+
+
+def fetch(tree: Any) -> Any:
+  """Host copies of device values on every process. A population's values [P, ...] are split over processes
+  along the population axis: they are gathered first, so every process reads every member's."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if all(x.is_fully_addressable for x in jax.tree.leaves(tree)):
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return multihost_utils.process_allgather(tree, tiled=True)

@@ -62,7 +62,7 @@ class Outputs:
     self.last_evals: list[dict] = [{} for _ in self.views]
 
   def log_train(self, step: int, sums: dict) -> None:
-    sums = jax.device_get(sums)
+    sums = distributed.fetch(sums)
     for i, (writer, columns, _) in enumerate(self.views):
       member_sums = {m: v if self.members is None else v[i] for m, v in sums.items()}
       if not member_sums["count"]:

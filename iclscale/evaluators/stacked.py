@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from iclscale import contracts
+from iclscale import distributed
 from iclscale import mesh as mesh_lib
 
 
@@ -33,5 +34,5 @@ class Stacked:
     self._compiled = jax.jit(jax.vmap(members[0].compute, spmd_axis_name=mesh_lib.POPULATION))
 
   def __call__(self, params: Any) -> list[contracts.Rows]:
-    out = jax.device_get(self._compiled(params, self.data))
+    out = distributed.fetch(self._compiled(params, self.data))
     return [m.rows(jax.tree.map(lambda x, i=i: x[i], out)) for i, m in enumerate(self.members)]
