@@ -34,7 +34,14 @@ def tiny():
 
 @pytest.fixture(scope="session", autouse=True)
 def _compilation_cache(tmp_path_factory):
-  """Runs in one session compile the same programs; the persistent cache lets later runs skip compilation."""
+  """Runs in one session compile the same programs; the persistent cache lets later runs skip compilation.
+
+  One cache for the whole session, this process and every process a test starts (main.py, launch_local's workers,
+  the studies read $ICLSCALE_JAX_CACHE through train.enable_compilation_cache): a fresh directory, unless
+  $ICLSCALE_JAX_CACHE already names one (e.g. a CI cache kept between runs).
+  """
   import jax  # pylint: disable=g-import-not-at-top
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+  path = os.environ.get("ICLSCALE_JAX_CACHE") or str(tmp_path_factory.mktemp("jax_cache"))
+  os.environ["ICLSCALE_JAX_CACHE"] = path
+  jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
