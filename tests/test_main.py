@@ -17,9 +17,8 @@ def main_cmd(workdir, *flags):
 
 
 def env():
-  e = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  e.pop("XLA_FLAGS", None)  # one device, as a user's laptop
-  return e
+  from conftest import child_xla_flags  # pylint: disable=g-import-not-at-top
+  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS=child_xla_flags())  # one device, as a user's laptop
 
 
 def test_end_to_end_run_writes_every_output(tmp_path):

@@ -20,9 +20,8 @@ def main_cmd(workdir, *flags):
 
 
 def env():
-  e = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  e.pop("XLA_FLAGS", None)  # one device
-  return e
+  from conftest import child_xla_flags  # pylint: disable=g-import-not-at-top
+  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS=child_xla_flags())  # one device
 
 
 def preempt_when(workdir, pattern, timeout=300):
