@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,6 +29,8 @@ def preempt_when(workdir, pattern, timeout=300):
   """Starts main.py, sends SIGTERM once its output matches `pattern`; returns (exit status, output)."""
   proc = subprocess.Popen(main_cmd(workdir, *FREQUENT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env=env())
+  watchdog = threading.Timer(2 * timeout, proc.kill)   # bounds the blocking reads below
+  watchdog.start()
   try:
     deadline, seen = time.monotonic() + timeout, []
     for line in proc.stdout:   # ends when the process does
@@ -40,6 +43,7 @@ def preempt_when(workdir, pattern, timeout=300):
     out, _ = proc.communicate(timeout=timeout)
     return proc.returncode, "".join(seen) + out
   finally:
+    watchdog.cancel()
     if proc.poll() is None:
       proc.kill()
       proc.wait()
