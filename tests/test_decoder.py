@@ -22,13 +22,14 @@ def test_answer_logits_see_only_the_past():
   module = tiny_module()
   tokens = jax.random.randint(jax.random.key(0), (1, T), 0, V)
   pos = jnp.array([[4, 5]])
-  params = module.init(jax.random.key(1), tokens, pos)["params"]
-  base = module.apply({"params": params}, tokens, pos)
+  params = jax.jit(module.init)(jax.random.key(1), tokens, pos)["params"]   # jitted: one compilation, not one per op
+  apply = jax.jit(module.apply)
+  base = apply({"params": params}, tokens, pos)
   assert base.shape == (1, 2, V)
   later = tokens.at[0, 6:].set((tokens[0, 6:] + 1) % V)       # after both answer positions: no effect
-  np.testing.assert_allclose(module.apply({"params": params}, later, pos), base, atol=1e-6)
+  np.testing.assert_allclose(apply({"params": params}, later, pos), base, atol=1e-6)
   between = tokens.at[0, 5].set((tokens[0, 5] + 1) % V)       # position 5: changes only the second answer
-  out = module.apply({"params": params}, between, pos)
+  out = apply({"params": params}, between, pos)
   np.testing.assert_allclose(out[0, 0], base[0, 0], atol=1e-6)
   assert not np.allclose(out[0, 1], base[0, 1], atol=1e-4)
 
@@ -42,15 +43,18 @@ def test_copies_train_independently():
   tokens = jax.random.randint(jax.random.key(2), (3, 4, T), 0, V)
   batch = dict(tokens=tokens, answer_pos=jnp.full((3, 4, 1), T - 1), answer_tok=tokens[..., :1],
                answer_mask=jnp.ones((3, 4, 1), bool))
-  params = copies.init(jax.random.key(3), batch)
+  # Jitted: one compilation per function, not one per operation.
+  params = jax.jit(copies.init)(jax.random.key(3), batch)
   assert not np.allclose(params["embed"]["embedding"][0], params["embed"]["embedding"][1])  # own inits
-  grads = jax.grad(lambda p, b: copies.loss(copies.apply(p, b), b)[0])(params, batch)
+  copies_grad = jax.jit(jax.grad(lambda p, b: copies.loss(copies.apply(p, b), b)[0]))
+  single_grad = jax.jit(jax.grad(lambda p, b: single.loss(single.apply(p, b), b)[0]))
+  grads = copies_grad(params, batch)
   take = lambda tree, i: jax.tree.map(lambda x: x[i], tree)
   for i in range(3):
-    own = jax.grad(lambda p, b: single.loss(single.apply(p, b), b)[0])(take(params, i), take(batch, i))
+    own = single_grad(take(params, i), take(batch, i))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), take(grads, i), own)
   other = dict(batch, tokens=batch["tokens"].at[0].set(0))      # another batch for copy 0 only
-  grads2 = jax.grad(lambda p, b: copies.loss(copies.apply(p, b), b)[0])(params, other)
+  grads2 = copies_grad(params, other)
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[1:], b[1:]), grads, grads2)
 
 
