@@ -1,8 +1,24 @@
-"""Test set-up: 8 simulated CPU devices (set before JAX starts) and tiny configs."""
+"""Test set-up: 8 simulated CPU devices (set before JAX starts), fast compilation, tiny configs."""
 import os
+import re
 import sys
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+# XLA's CPU backend without LLVM's optimisation passes: the tests' programs are tiny and run for a few steps, so
+# compiling them is most of their cost, and level 0 compiles them 2-3x faster (same programs, same assertions; float
+# results differ from level 2 in the last bits, as between two XLA versions). Processes the tests start get it too
+# (`child_xla_flags`). A level already in $XLA_FLAGS is kept.
+FAST_COMPILE = "--xla_backend_optimization_level=0"
+_flags = os.environ.get("XLA_FLAGS", "")
+if "--xla_backend_optimization_level" not in _flags:
+  _flags += " " + FAST_COMPILE
+os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
+
+
+def child_xla_flags(devices: int | None = None) -> str:
+  """$XLA_FLAGS for a process a test starts: this session's flags with `devices` simulated CPU devices (None: the
+  platform's own count, as a user's machine)."""
+  flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", "")).split()
+  return " ".join(flags + ([f"--xla_force_host_platform_device_count={devices}"] if devices else []))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -34,7 +50,14 @@ def tiny():
 
 @pytest.fixture(scope="session", autouse=True)
 def _compilation_cache(tmp_path_factory):
-  """Runs in one session compile the same programs; the persistent cache lets later runs skip compilation."""
+  """Runs in one session compile the same programs; the persistent cache lets later runs skip compilation.
+
+  One cache for the whole session, this process and every process a test starts (main.py, launch_local's workers,
+  the studies read $ICLSCALE_JAX_CACHE through train.enable_compilation_cache): a fresh directory, unless
+  $ICLSCALE_JAX_CACHE already names one (e.g. a CI cache kept between runs).
+  """
   import jax  # pylint: disable=g-import-not-at-top
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+  path = os.environ.get("ICLSCALE_JAX_CACHE") or str(tmp_path_factory.mktemp("jax_cache"))
+  os.environ["ICLSCALE_JAX_CACHE"] = path
+  jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)

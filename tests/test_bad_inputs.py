@@ -159,8 +159,8 @@ SUBPROCESS = ["unknown_top_key", "unknown_nested_key", "missing_config_file", "c
 
 
 def test_bad_inputs_through_main_py(tmp_path):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  env.pop("XLA_FLAGS", None)
+  from conftest import child_xla_flags  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS=child_xla_flags())
   cases = {c[0]: c for c in CASES}
   runs = []
   for name in SUBPROCESS:

@@ -22,13 +22,14 @@ def test_answer_logits_see_only_the_past():
   module = tiny_module()
   tokens = jax.random.randint(jax.random.key(0), (1, T), 0, V)
   pos = jnp.array([[4, 5]])
-  params = module.init(jax.random.key(1), tokens, pos)["params"]
-  base = module.apply({"params": params}, tokens, pos)
+  params = jax.jit(module.init)(jax.random.key(1), tokens, pos)["params"]   # jitted: one compilation, not one per op
+  apply = jax.jit(module.apply)
+  base = apply({"params": params}, tokens, pos)
   assert base.shape == (1, 2, V)
   later = tokens.at[0, 6:].set((tokens[0, 6:] + 1) % V)       # after both answer positions: no effect
-  np.testing.assert_allclose(module.apply({"params": params}, later, pos), base, atol=1e-6)
+  np.testing.assert_allclose(apply({"params": params}, later, pos), base, atol=1e-6)
   between = tokens.at[0, 5].set((tokens[0, 5] + 1) % V)       # position 5: changes only the second answer
-  out = module.apply({"params": params}, between, pos)
+  out = apply({"params": params}, between, pos)
   np.testing.assert_allclose(out[0, 0], base[0, 0], atol=1e-6)
   assert not np.allclose(out[0, 1], base[0, 1], atol=1e-4)
 

@@ -178,7 +178,8 @@ _SHARDED_SCRIPT = textwrap.dedent("""
 
 def test_sharded_forward_matches_unsharded():
   # A fresh process: the device count is fixed when jax initialises its backend.
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  from conftest import child_xla_flags  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, XLA_FLAGS=child_xla_flags(8),
              JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO_ROOT))
   proc = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], env=env, capture_output=True,
                         text=True, timeout=300, cwd=REPO_ROOT)

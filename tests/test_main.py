@@ -1,10 +1,11 @@
 """main.py as a user runs it: end to end, bad flags, SIGTERM then resume."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
-import time
+import threading
 
 import numpy as np
 
@@ -17,9 +18,8 @@ def main_cmd(workdir, *flags):
 
 
 def env():
-  e = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  e.pop("XLA_FLAGS", None)  # one device, as a user's laptop
-  return e
+  from conftest import child_xla_flags  # pylint: disable=g-import-not-at-top
+  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS=child_xla_flags())  # one device, as a user's laptop
 
 
 def test_end_to_end_run_writes_every_output(tmp_path):
@@ -48,13 +48,19 @@ def test_sigterm_saves_and_the_same_command_resumes(tmp_path):
            "--config.checkpoint.per_decade=0"]
   proc = subprocess.Popen(main_cmd(workdir, *flags), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env=env())
-  deadline = time.time() + 240
-  for line in proc.stdout:
-    if "First training step dispatched" in line or time.time() > deadline:
-      break
-  time.sleep(2.0)
-  proc.send_signal(signal.SIGTERM)
-  out, _ = proc.communicate(timeout=120)
+  watchdog = threading.Timer(300, proc.kill)   # bounds the blocking reads below
+  watchdog.start()
+  try:
+    for line in proc.stdout:
+      if re.search(r"\[\d+\] .*train/loss", line):   # steps have run (the first train log: step 50)
+        proc.send_signal(signal.SIGTERM)
+        break
+    out, _ = proc.communicate(timeout=120)
+  finally:
+    watchdog.cancel()
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
   assert proc.returncode == 0, out[-2000:]
   assert "Preempted: saved step" in out
   saved = [int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit()]

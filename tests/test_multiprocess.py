@@ -223,7 +223,8 @@ def test_bad_multiprocess_input_fails_on_every_process(tmp_path, extra, env, mes
 ])
 def test_bad_process_flags_fail_within_seconds(tmp_path, flags_, message):
   wd = tmp_path / "bad"
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  from conftest import child_xla_flags  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS=child_xla_flags(4))
   cmd = [sys.executable, os.path.join(ROOT, "main.py"), f"--config={TINY}", f"--workdir={wd}", "--init_timeout=5",
          f"--coordinator_address=localhost:{launch_local.free_port()}", *flags_]
   p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, check=False)

@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,15 +21,16 @@ def main_cmd(workdir, *flags):
 
 
 def env():
-  e = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  e.pop("XLA_FLAGS", None)  # one device
-  return e
+  from conftest import child_xla_flags  # pylint: disable=g-import-not-at-top
+  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS=child_xla_flags())  # one device
 
 
 def preempt_when(workdir, pattern, timeout=300):
   """Starts main.py, sends SIGTERM once its output matches `pattern`; returns (exit status, output)."""
   proc = subprocess.Popen(main_cmd(workdir, *FREQUENT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env=env())
+  watchdog = threading.Timer(2 * timeout, proc.kill)   # bounds the blocking reads below
+  watchdog.start()
   try:
     deadline, seen = time.monotonic() + timeout, []
     for line in proc.stdout:   # ends when the process does
@@ -41,6 +43,7 @@ def preempt_when(workdir, pattern, timeout=300):
     out, _ = proc.communicate(timeout=timeout)
     return proc.returncode, "".join(seen) + out
   finally:
+    watchdog.cancel()
     if proc.poll() is None:
       proc.kill()
       proc.wait()

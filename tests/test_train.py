@@ -21,6 +21,22 @@ def full_run(tmp_path_factory):
   return workdir, out
 
 
+@pytest.fixture(scope="module")
+def half_run(tmp_path_factory):
+  """One 100-step run of the same config (one device), shared: tests that start with it copy its workdir."""
+  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp("half"))
+  out = train.run(tiny_config(**{"train.num_steps": 100}), workdir)
+  return workdir, out
+
+
+def copy_of(workdir, tmp_path, name):
+  """A copy of a finished run's workdir (as if that run had been made there)."""
+  dst = str(tmp_path / name)
+  shutil.copytree(workdir, dst)
+  return dst
+
+
 def test_loss_decreases_and_outputs_exist(full_run):
   workdir, out = full_run
   rows = results.read(workdir)
@@ -47,10 +63,10 @@ def test_golden_train_loss(full_run):
 GOLDEN_FINAL_LOSS = 0.036127
 
 
-def test_resume_equals_uninterrupted_run(full_run, tiny, tmp_path):
+def test_resume_equals_uninterrupted_run(full_run, half_run, tiny, tmp_path):
   workdir, _ = full_run
-  resumed = str(tmp_path / "resumed")
-  first = train.run(tiny(**{"train.num_steps": 100}), resumed)
+  resumed = copy_of(half_run[0], tmp_path, "resumed")   # train.run(tiny(**{"train.num_steps": 100}), resumed)
+  first = half_run[1]
   assert first["step"] == 100
   second = train.run(tiny(), resumed)  # same command, longer: resumes from step 100
   assert second["step"] == 200
@@ -59,8 +75,9 @@ def test_resume_equals_uninterrupted_run(full_run, tiny, tmp_path):
   np.testing.assert_array_equal([r["value"] for r in a], [r["value"] for r in b])
 
 
-def test_one_and_eight_devices_give_the_same_losses(tiny, tmp_path):
-  one = train.run(tiny(**{"train.num_steps": 100, "mesh.num_devices": 1}), str(tmp_path / "one"))
+def test_one_and_eight_devices_give_the_same_losses(half_run, tiny, tmp_path):
+  _, one = half_run   # train.run(tiny(**{"train.num_steps": 100, "mesh.num_devices": 1}), ...)
+  assert tiny()["mesh"]["num_devices"] == 1
   eight = train.run(tiny(**{"train.num_steps": 100, "mesh.num_devices": 8}), str(tmp_path / "eight"))
   for k in ("train/loss", "train/accuracy", "train/grad_norm"):
     assert eight["train"][k] == pytest.approx(one["train"][k], rel=1e-4, abs=1e-6), k
@@ -86,9 +103,9 @@ def test_workdir_of_another_config_is_refused(full_run, tiny):
     train.run(tiny(**{"task.p_relevant": 0.5}), workdir)
 
 
-def test_corrupt_latest_checkpoint_falls_back_with_warning(tiny, tmp_path, caplog):
-  workdir = str(tmp_path / "corrupt")
-  train.run(tiny(**{"train.num_steps": 200}), workdir)
+def test_corrupt_latest_checkpoint_falls_back_with_warning(full_run, tiny, tmp_path, caplog):
+  workdir = copy_of(full_run[0], tmp_path, "corrupt")   # train.run(tiny(**{"train.num_steps": 200}), workdir)
+  assert tiny()["train"]["num_steps"] == 200
   state_dir = os.path.join(workdir, "checkpoints", "200", "state")
   for root, _, files in os.walk(state_dir):
     for f in files:
@@ -109,9 +126,8 @@ def test_non_finite_loss_stops_with_a_message(tiny, tmp_path):
     train.run(tiny(**{"optim.lr": 1e30, "train.num_steps": 100}), str(tmp_path / "nan"))
 
 
-def test_steps_beyond_a_checkpoint_are_dropped_from_results_on_resume(tiny, tmp_path):
-  workdir = str(tmp_path / "trunc")
-  train.run(tiny(**{"train.num_steps": 100}), workdir)
+def test_steps_beyond_a_checkpoint_are_dropped_from_results_on_resume(half_run, tiny, tmp_path):
+  workdir = copy_of(half_run[0], tmp_path, "trunc")   # train.run(tiny(**{"train.num_steps": 100}), workdir)
   shutil.rmtree(os.path.join(workdir, "checkpoints", "100"))  # as if killed after writing results at 100
   train.run(tiny(**{"train.num_steps": 100}), workdir)
   rows = [(r["step"], r["evaluator"], r["metric"]) for r in results.read(workdir)]

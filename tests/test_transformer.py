@@ -15,10 +15,11 @@ from iclscale.models import transformer
 def test_shapes_and_param_count_of_the_two_layer_model():
   m = transformer.ICLTransformer(num_classes=10, width=64, num_layers=2, num_heads=1)
   x = jnp.zeros((3, 2, 64))
-  params = m.init(jax.random.key(0), x, jnp.zeros((3, 1), jnp.int32))["params"]
-  logits = m.apply({"params": params}, x, jnp.zeros((3, 1), jnp.int32))
+  # Shapes only: eval_shape traces init and apply as they run, without compiling them.
+  params = jax.eval_shape(m.init, jax.random.key(0), x, jnp.zeros((3, 1), jnp.int32))["params"]
+  logits = jax.eval_shape(m.apply, {"params": params}, x, jnp.zeros((3, 1), jnp.int32))
   assert logits.shape == (3, 10)
-  n = sum(p.size for p in jax.tree.leaves(params))
+  n = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
   # Per block: 2 LNs (2*128) + qkv (64*192+192) + out (64*64+64) + MLP (64*256+256 + 256*64+64) = 49,984.
   # Plus label embedding 10*64 kernel + 64 bias (upstream's Dense on one-hots), final LN 128, head 64*10+10.
   assert n == 2 * 49_984 + 640 + 64 + 128 + 650
@@ -27,10 +28,11 @@ def test_shapes_and_param_count_of_the_two_layer_model():
 def test_attention_is_causal():
   block = transformer.Block(num_heads=2, mlp_ratio=4)
   x = jax.random.normal(jax.random.key(1), (1, 7, 16))
-  params = block.init(jax.random.key(2), x)
-  y = block.apply(params, x)
+  params = jax.jit(block.init)(jax.random.key(2), x)   # jitted: one compilation, not one per operation
+  apply = jax.jit(block.apply)
+  y = apply(params, x)
   x2 = x.at[:, 4:].set(jax.random.normal(jax.random.key(3), (1, 3, 16)))
-  y2 = block.apply(params, x2)
+  y2 = apply(params, x2)
   np.testing.assert_allclose(y[:, :4], y2[:, :4], atol=1e-6)   # the past never sees the future
   assert not np.allclose(y[:, 4:], y2[:, 4:])
 
@@ -45,16 +47,19 @@ def test_item_and_label_share_positions_and_query_is_last():
 def test_readout_depends_on_context_labels():
   m = transformer.ICLTransformer(num_classes=5, width=16, num_layers=2, num_heads=2)
   x = jax.random.normal(jax.random.key(0), (1, 3, 16))
-  params = m.init(jax.random.key(1), x, jnp.zeros((1, 2), jnp.int32))
-  a = m.apply(params, x, jnp.array([[0, 1]]))
-  b = m.apply(params, x, jnp.array([[0, 2]]))
+  params = jax.jit(m.init)(jax.random.key(1), x, jnp.zeros((1, 2), jnp.int32))
+  apply = jax.jit(m.apply)
+  a = apply(params, x, jnp.array([[0, 1]]))
+  b = apply(params, x, jnp.array([[0, 2]]))
   assert not np.allclose(a, b)
 
 
 def test_attention_only_model_has_no_mlp():
   def block_params(mlp_ratio):
     m = transformer.ICLTransformer(num_classes=5, width=16, num_layers=1, num_heads=2, mlp_ratio=mlp_ratio)
-    return m.init(jax.random.key(0), jnp.zeros((1, 2, 16)), jnp.zeros((1, 1), jnp.int32))["params"]["block_0"]
+    # The parameter tree only: eval_shape traces init without compiling it.
+    return jax.eval_shape(m.init, jax.random.key(0), jnp.zeros((1, 2, 16)),
+                          jnp.zeros((1, 1), jnp.int32))["params"]["block_0"]
   assert {"up", "down"} <= set(block_params(4)) and not {"up", "down"} & set(block_params(0))
 
 
@@ -102,18 +107,25 @@ def test_label_bias_exists_is_zero_at_init_and_trains():
   x = jax.random.normal(jax.random.key(0), (8, 3, 16))
   y_ctx = jax.random.randint(jax.random.key(1), (8, 2), 0, 5)
   target = y_ctx[:, 0]
-  params = m.init(jax.random.key(2), x, y_ctx)["params"]
+  params = jax.jit(m.init)(jax.random.key(2), x, y_ctx)["params"]   # jitted: one compilation, not one per op
   np.testing.assert_array_equal(params["label_embed"]["bias"], np.zeros(16))
 
   def loss(p):
     return optax.softmax_cross_entropy_with_integer_labels(m.apply({"params": p}, x, y_ctx), target).mean()
 
-  assert np.abs(jax.grad(loss)(params)["label_embed"]["bias"]).max() > 0
   tx = optax.adam(1e-2)
+
+  @jax.jit
+  def step(params, state):   # one Adam step; also returns the gradient it used
+    grads = jax.grad(loss)(params)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state, grads
+
   state = tx.init(params)
-  for _ in range(3):
-    updates, state = tx.update(jax.grad(loss)(params), state, params)
-    params = optax.apply_updates(params, updates)
+  for i in range(3):
+    params, state, grads = step(params, state)
+    if i == 0:   # the gradient at init
+      assert np.abs(grads["label_embed"]["bias"]).max() > 0
   assert np.abs(params["label_embed"]["bias"]).min() > 0
 
 
@@ -173,11 +185,12 @@ def test_forward_equals_a_numpy_transcription_of_the_upstream_model():
   m = transformer.ICLTransformer(num_classes=7, width=16, num_layers=2, num_heads=2)
   x = jax.random.normal(jax.random.key(0), (4, 4, 16))
   y = jax.random.randint(jax.random.key(1), (4, 3), 0, 7)
-  params = m.init(jax.random.key(2), x, y)["params"]
-  # Perturb every leaf (biases and LN parameters are 0/1 at init) so each one's role is checked.
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(3), len(leaves))
-  params = jax.tree.unflatten(tree, [v + 0.3 * jax.random.normal(k, v.shape) for v, k in zip(leaves, keys)])
-  got = np.asarray(m.apply({"params": params}, x, y))
+  params = jax.jit(m.init)(jax.random.key(2), x, y)["params"]   # jitted: one compilation, not one per operation
+
+  # Perturb every leaf (biases and LN parameters are 0/1 at init) so each one's role is checked. NumPy draws: JAX's
+  # would compile one sampler per leaf shape.
+  rng = np.random.default_rng(3)
+  params = jax.tree.map(lambda v: v + np.float32(0.3) * rng.normal(size=v.shape).astype(np.float32), params)
+  got = np.asarray(jax.jit(m.apply)({"params": params}, x, y))
   want = numpy_forward(params, np.asarray(x, np.float64), np.asarray(y), num_layers=2, num_heads=2)
   np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
