@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from iclscale import contracts, losses, models, train
+from iclscale import train
 from iclscale.config import ConfigError
 from iclscale.models import decoder
 
