@@ -47,10 +47,15 @@ def test_icl_measures_agree_between_metalearning_and_finetuning_runs(study):
 
 
 def last_row(workdir: str, evaluator: str) -> dict[str, float]:
-  """{metric: value} of `evaluator` at the last step of a run's results table."""
+  """{metric: value} of `evaluator` at the last step of a run's results table; for a population (the finetuned
+  episodes, one member each) the mean over its members."""
   rows = [r for r in results.read(workdir) if r["evaluator"] == evaluator]
   step = max(r["step"] for r in rows)
-  return {r["metric"]: r["value"] for r in rows if r["step"] == step}
+  per_metric: dict[str, list[float]] = {}
+  for r in rows:
+    if r["step"] == step:
+      per_metric.setdefault(r["metric"], []).append(r["value"])
+  return {m: float(np.mean(v)) for m, v in per_metric.items()}
 
 
 def test_table_rows_and_outputs(study):
