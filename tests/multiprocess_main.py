@@ -50,7 +50,7 @@ def eval_init(self, *args, **kwargs):
   _eval_init(self, *args, **kwargs)
   import jax  # pylint: disable=g-import-not-at-top
   # [S, N, ...] sets: which of the N rows this process's devices hold (and so compute on).
-  PROBE["eval_rows"] = [_spans(x, 1) for x in jax.tree.leaves(self.stacked)]
+  PROBE["eval_rows"] = [_spans(x, 1) for x in jax.tree.leaves(self.data)]
   _dump()
 
 
