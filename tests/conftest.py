@@ -57,7 +57,11 @@ def _compilation_cache(tmp_path_factory):
   $ICLSCALE_JAX_CACHE already names one (e.g. a CI cache kept between runs).
   """
   import jax  # pylint: disable=g-import-not-at-top
-  path = os.environ.get("ICLSCALE_JAX_CACHE") or str(tmp_path_factory.mktemp("jax_cache"))
+  base = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):   # pytest -n: one cache for every worker (their shared parent)
+    base = base.parent
+  path = os.environ.get("ICLSCALE_JAX_CACHE") or str(base / "jax_cache")
+  os.makedirs(path, exist_ok=True)
   os.environ["ICLSCALE_JAX_CACHE"] = path
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
