@@ -10,6 +10,9 @@ from iclscale.evaluators import classification
 from iclscale import tasks
 from iclscale.tasks import bursty
 
+# One xdist worker runs this module (pytest -n 2 --dist loadgroup): its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("bursty")
+
 
 def make_task(seed=0, **overrides):
   cfg = tasks.resolve(ml_collections.ConfigDict(dict(name="bursty", **overrides)))

@@ -7,6 +7,9 @@ import pytest
 
 from iclscale.models import encoders
 
+# One xdist worker runs this module (pytest -n 2 --dist loadgroup): its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("encoders")
+
 
 def _expected_resnet_params(width, channels=(16, 32, 32, 64), blocks=(2, 2, 2, 2),
                             initial=64, norm_per_channel=0):

@@ -9,6 +9,9 @@ from iclscale import config as config_lib
 from iclscale import tasks
 from iclscale.tasks import episodes
 
+# One xdist worker runs this module (pytest -n 2 --dist loadgroup): its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("episodes")
+
 SMALL = dict(russin_grid=dict(num_train_episodes=100), russin_category=dict(num_dims=10, num_train_episodes=50))
 NAMES = tuple(SMALL)
 ANSWER_LEN = dict(russin_grid=2, russin_category=1)

@@ -21,7 +21,8 @@ from iclscale.evaluators import fact_probes
 from iclscale.models import gemma3_lm
 from iclscale.tasks import facts
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+# One xdist worker runs this module (pytest -n 2 --dist loadgroup): its module fixtures are built once.
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.xdist_group("facts")]
 
 
 def tiny_config(**overrides):

@@ -20,6 +20,9 @@ from iclscale import tokenizer
 from iclscale.models import gemma3_weights
 from iclscale.models.gemma3 import Gemma3, Gemma3Config, init_lora, merge_lora, param_partition_specs
 
+# One xdist worker runs this module (pytest -n 2 --dist loadgroup): its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("gemma3")
+
 
 def test_shapes_and_selected_logits():
   cfg = Gemma3Config.tiny()

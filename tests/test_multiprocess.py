@@ -32,6 +32,9 @@ FSDP = dict(DP, **{"train.num_steps": 20, "mesh.data": 1, "mesh.fsdp": 8, "model
                    "plot": False})
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+# The tests that read the dp_run launch share one xdist worker (pytest -n 2 --dist loadgroup), so it runs once;
+# the other launches are independent and spread over the workers.
+SHARES_DP_RUN = pytest.mark.xdist_group("multiprocess_dp_run")
 
 
 def flags(overrides):
@@ -78,12 +81,14 @@ def dp_run(tmp_path_factory):
   return base
 
 
+@SHARES_DP_RUN
 def test_two_processes_equal_one_process_of_eight_devices(dp_run):
   assert_same_run(table(dp_run / "two"), table(dp_run / "one"))
   for i, log in enumerate(("two/logs/process_0.log", "two/logs/process_1.log")):
     assert f"process {i} of 2, 4 local devices, 8 global devices (cpu)" in (dp_run / log).read_text()
 
 
+@SHARES_DP_RUN
 def test_each_process_reads_only_its_rows_and_evaluates_only_its_share(dp_run):
   p0, p1 = probes(dp_run / "two")
   assert (p0["rows"], p1["rows"]) == ([0, 16], [16, 32])   # batch 32 over 8 devices: 4 devices = 16 rows each
@@ -98,6 +103,7 @@ def test_each_process_reads_only_its_rows_and_evaluates_only_its_share(dp_run):
   assert all(s == [[64, 80], [80, 96], [96, 112], [112, 128]] for s in p1["eval_rows"])
 
 
+@SHARES_DP_RUN
 def test_one_process_writes_outputs_and_each_writes_its_checkpoint_part(dp_run):
   two = dp_run / "two"
   events = [n for n in os.listdir(two) if n.startswith("events.out.tfevents")]
@@ -114,6 +120,7 @@ def stopped_at(log):
   return int(m.group(1)) if m else None
 
 
+@SHARES_DP_RUN
 def test_kill_then_preempt_one_then_resume_ends_as_the_uninterrupted_run(dp_run, tmp_path):
   """SIGKILL to both processes; restart; SIGTERM to one process: both stop at the same step with a checkpoint
   and exit 0. Restart: the table equals the uninterrupted 2-process run's."""

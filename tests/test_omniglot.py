@@ -11,6 +11,9 @@ from PIL import Image
 
 from iclscale.datasets import omniglot
 
+# One xdist worker runs this module (pytest -n 2 --dist loadgroup): its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("omniglot")
+
 DATA_DIR = pathlib.Path(omniglot.__file__).resolve().parents[2] / 'data' / 'omniglot'
 
 

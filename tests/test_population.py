@@ -7,7 +7,8 @@ import pytest
 from iclscale import population, results, train
 from iclscale.config import ConfigError
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+# One xdist worker runs this module (pytest -n 2 --dist loadgroup): its module fixtures are built once.
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.xdist_group("population")]
 
 STEPS = 100
 # Three members that differ in seed, dataset size and learning rate at once (zipped).
@@ -124,12 +125,14 @@ def test_resume_equals_uninterrupted_population(tiny, pop_run, tmp_path):
   assert a == b
 
 
-def test_eight_devices_equal_one(tiny, pop_run, tmp_path):
+def test_eight_devices_equal_one(tiny, tmp_path):
   """8 members over population=4 x data=2 (each member's batch split over 2 devices) equal the same members on 1
   device."""
   zipped = dict(seed=(0, 1, 2, 3, 0, 1, 2, 3), task=dict(dataset_size=(64,) * 4 + (1024,) * 4))
-  one = train.run(pop_config(tiny, zipped, **{"mesh.num_devices": 1}), str(tmp_path / "one"))
-  eight = train.run(pop_config(tiny, zipped, **{"mesh.num_devices": 8, "mesh.population": 4, "mesh.data": 2}),
+  short = {"train.num_steps": 30}   # three dispatches with evaluations: enough to compare, a third of the time
+  one = train.run(pop_config(tiny, zipped, **short, **{"mesh.num_devices": 1}), str(tmp_path / "one"))
+  eight = train.run(pop_config(tiny, zipped, **short, **{"mesh.num_devices": 8, "mesh.population": 4,
+                                                         "mesh.data": 2}),
                     str(tmp_path / "eight"))
   for i in range(8):
     close(eight["train"][i], one["train"][i])

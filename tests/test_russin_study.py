@@ -9,7 +9,8 @@ import pytest
 from iclscale import checkpoint, results
 from iclscale.studies import russin_study
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+# One xdist worker runs this module (pytest -n 2 --dist loadgroup): its module fixtures are built once.
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.xdist_group("russin_study")]
 
 
 @pytest.fixture(scope="module")

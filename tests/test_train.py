@@ -9,7 +9,8 @@ import pytest
 from iclscale import results, train
 from iclscale.config import ConfigError
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+# One xdist worker runs this module (pytest -n 2 --dist loadgroup): its module fixtures are built once.
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.xdist_group("train")]
 
 
 @pytest.fixture(scope="module")
