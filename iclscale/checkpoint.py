@@ -138,20 +138,39 @@ class Checkpointer:
         preservation_policy=policies.AnyPreservationPolicy(keep),
         enable_async_checkpointing=cfg.async_save, create=True)
     # Handlers named up front, so a new process can read a checkpoint's metadata before restoring it.
-    handlers = dict(state=ocp.StandardCheckpointHandler(), data=grain.checkpoint.CheckpointHandler(),
-                    digest=ocp.JsonCheckpointHandler())
+    # The state uncompressed: zstd saves ~6% of a Gemma 3 270M AdamW state (3.01 of 3.22 GB; float mantissas are
+    # close to random bits), but its encoded chunks are held in memory until written, as much again as the state
+    # (+3 GB of RSS during each write), and compressing takes most of a write's time on a CPU host. The format is
+    # StandardCheckpointHandler's (which wraps this handler with compression on), so either reads the other's.
+    handlers = dict(state=ocp.PyTreeCheckpointHandler(use_compression=False),
+                    data=grain.checkpoint.CheckpointHandler(), digest=ocp.JsonCheckpointHandler())
     self.mngr = ocp.CheckpointManager(self.dir, options=options, item_handlers=handlers)
     self.steps_per_chunk = multiple
+    self._write_holds_state = False   # a background write holds views of the live state's buffers (`save`)
 
   def due(self, step: int) -> bool:
     return itstime(step, self.every, self.num_steps, self.milestones)
 
   def save(self, step: int, state: Any, data_iter: grain.DatasetIterator | None) -> bool:
-    args = dict(state=ocp.args.StandardSave(state), digest=ocp.args.JsonSave(digest(state)))
+    args = dict(state=ocp.args.PyTreeSave(state), digest=ocp.args.JsonSave(digest(state)))
     if data_iter is not None:
       args["data"] = grain.checkpoint.CheckpointSave(data_iter)
     with _disk_full_as_oserror(self.dir):  # also reports a failure of the previous background save
-      return self.mngr.save(step, args=ocp.args.Composite(**args), force=True)
+      saved = self.mngr.save(step, args=ocp.args.Composite(**args), force=True)
+    # On the CPU backend Orbax's device-to-host transfer (np.asarray of each shard in transfer_arrays_to_host,
+    # orbax/checkpoint/_src/serialization/replica_slices.py) is a zero-copy view of the state's own buffers.
+    self._write_holds_state = saved and any(d.platform == "cpu" for x in jax.tree.leaves(state)
+                                            for d in x.sharding.device_set)
+    return saved
+
+  def before_update(self) -> None:
+    """Call before the saved state is donated to the next step. XLA cannot donate a buffer that a host view still
+    references: it silently allocates a second state for the step's output (3.2 GB for Gemma 3 270M with AdamW)
+    and the first is freed only when the background write is done. So while a write holds views of the state
+    (the CPU backend), wait for it here; the loop saves before it evaluates, so the write overlaps the evaluation."""
+    if self._write_holds_state:
+      self.wait()
+      self._write_holds_state = False
 
   def _check_fits(self, step: int, target: Any) -> None:
     """Raises IncompatibleCheckpoint if the stored arrays (names, shapes) are not those of `target`."""
@@ -168,7 +187,8 @@ class Checkpointer:
 
   def _read(self, step: int, target: Any, data_iter: grain.DatasetIterator | None) -> Any:
     """The state of one checkpoint, verified; raises on any sign of corruption."""
-    args = dict(state=ocp.args.StandardRestore(target))
+    restore_args = ocp.checkpoint_utils.construct_restore_args(target)   # each array onto its target's sharding
+    args = dict(state=ocp.args.PyTreeRestore(target, restore_args=restore_args))
     if data_iter is not None:
       args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
     state = self.mngr.restore(step, args=ocp.args.Composite(**args))["state"]
