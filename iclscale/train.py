@@ -392,6 +392,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
         idx = None if data_iter is None else mesh_lib.to_global(next(data_iter), idx_sharding, idx_shape)
         if step == start_step:
           train_chunk = distributed.compiled_together("train_chunk", train_chunk, state, inputs, idx)
+        checkpointer.before_update()   # state is donated: no background write may still read its buffers
         profile.before(step, state["step"])
         state = train_chunk(state, inputs, idx)
         step += k
@@ -409,10 +410,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
         if do_eval or do_save or ckpt_lib.itstime(step, tr.log_every, tr.num_steps):
           outputs.log_train(step, state["sums"])
           state = dict(state, sums=jax.tree.map(jnp.zeros_like, state["sums"]))
+        if do_save:   # before the evaluation, which then overlaps the background write
+          checkpointer.save(step, state, data_iter)
         if do_eval:
           outputs.evaluate(step, state["params"])
         if do_save:
-          checkpointer.save(step, state, data_iter)
           outputs.results.commit(step)
           saved_step = step
       if outputs is None and step >= tr.num_steps and cfg.plot and cfg.evals:
