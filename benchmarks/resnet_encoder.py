@@ -7,6 +7,10 @@ Omniglot task (B = 32, T = 9 in Chan et al. 2022).
 
   python -m benchmarks.resnet_encoder               # from the repo root; 105 and 28 px
   python -m benchmarks.resnet_encoder --sizes 28 --steps 20 --norm group
+  python -m benchmarks.resnet_encoder --scan 2 --grads xla   # fwd+bwd inside a 2-step lax.scan, JAX's own gradients
+
+--scan K times K SGD steps in one lax.scan, as the training loop's chunk runs them: XLA:CPU compiles the
+convolution gradients there differently from a plain jit (iclscale/models/encoders.py, `grads`).
 """
 
 import argparse
@@ -30,15 +34,24 @@ def _time(fn, *args, steps: int):
   return first, (time.perf_counter() - start) / steps
 
 
-def build(width: int, norm: str):
-  model = encoders.build_encoder('resnet', width, norm=norm)
+def build(width: int, norm: str, grads: str = 'auto', scan: int = 0):
+  model = encoders.build_encoder('resnet', width, norm=norm, grads=grads)
   # RBG keys compile the initialisers much faster than threefry on CPU.
   params = jax.jit(model.init)(jax.random.key(0, impl='rbg'), jnp.zeros((1, 28, 28)))
 
   def loss_fn(p, x_BxTxSxS):
     return jnp.mean(model.apply(p, x_BxTxSxS) ** 2)
 
-  return model, params, jax.jit(model.apply), jax.jit(jax.value_and_grad(loss_fn))
+  value_and_grad = jax.value_and_grad(loss_fn)
+  if not scan:
+    return model, params, jax.jit(model.apply), jax.jit(value_and_grad)
+
+  def sgd_steps(p, x_BxTxSxS):
+    def step(p, _):
+      loss, g = value_and_grad(p, x_BxTxSxS)
+      return jax.tree.map(lambda a, b: a - 1e-3 * b, p, g), loss
+    return jax.lax.scan(step, p, None, length=scan)
+  return model, params, jax.jit(model.apply), jax.jit(sgd_steps)
 
 
 def measure(size: int, batch: int = 32, seq: int = 9, width: int = 64, norm: str = 'none',
@@ -67,17 +80,20 @@ def main():
   parser.add_argument('--width', type=int, default=64)
   parser.add_argument('--norm', default='none', choices=encoders.NORMS)
   parser.add_argument('--steps', type=int, default=5)
+  parser.add_argument('--grads', default='auto', choices=encoders.GRADS)
+  parser.add_argument('--scan', type=int, default=0, help='K > 0: fwd+bwd = K SGD steps in one lax.scan')
   args = parser.parse_args()
 
-  _, params, forward, forward_backward = build(args.width, args.norm)
+  _, params, forward, forward_backward = build(args.width, args.norm, args.grads, args.scan)
   print(f'device={jax.devices()[0].platform} ({jax.device_count()}) '
-        f'params={encoders.count_params(params)} norm={args.norm} '
+        f'params={encoders.count_params(params)} norm={args.norm} grads={args.grads} scan={args.scan} '
         f'batch={args.batch}x{args.seq} images, {args.steps} timed steps')
   images_per_step = args.batch * args.seq
   for size in args.sizes:
     x_BxTxSxS = jax.random.uniform(jax.random.key(1), (args.batch, args.seq, size, size))
     for name, fn in (('fwd+bwd', forward_backward), ('fwd', forward)):
       compile_s, step_s = _time(fn, params, x_BxTxSxS, steps=args.steps)
+      step_s /= args.scan if name == 'fwd+bwd' and args.scan else 1
       print(f'{size:>4} px {name:>8}: {images_per_step / step_s:9.0f} images/s '
             f'({step_s * 1e3:7.1f} ms/step, first call {compile_s:5.1f} s)')
 

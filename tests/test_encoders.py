@@ -139,3 +139,53 @@ def test_registry():
   assert set(encoders.ENCODERS) == {'identity', 'linear', 'resnet'}
   with pytest.raises(ValueError, match='unknown encoder'):
     encoders.build_encoder('vit', 64)
+
+
+def _sgd_losses(model, params, x, steps=2):
+  """Losses and params after `steps` SGD steps run in a lax.scan, like the training loop's K-step chunk."""
+  w_D = jnp.linspace(-1.0, 1.0, 8)
+
+  def step(p, _):
+    loss, g = jax.value_and_grad(lambda p: jnp.sum(jnp.sin(model.apply(p, x) * w_D)))(p)
+    return jax.tree.map(lambda a, b: a - 0.05 * b, p, g), loss
+
+  return jax.jit(lambda p: jax.lax.scan(step, p, None, length=steps)[::-1])(params)
+
+
+def test_cpu_gradients_match_xla_in_a_scan():
+  # grads='cpu' (the default on a CPU) only rewrites the backward pass: same forward, same gradients. An odd
+  # size exercises uneven SAME padding at every stride (105 px Omniglot does too: 105 -> 53 -> 27 -> 14).
+  kwargs = dict(blocks_per_stage=(1, 1), channels=(8, 16), strides=(1, 2), initial_channels=8)
+  ref = encoders.build_encoder('resnet', 8, grads='xla', **kwargs)
+  new = encoders.build_encoder('resnet', 8, grads='cpu', **kwargs)
+  x = jax.random.uniform(jax.random.key(3), (2, 3, 33, 33))
+  params = _init(ref, x)
+  losses_ref, p_ref = _sgd_losses(ref, params, x)
+  losses_new, p_new = _sgd_losses(new, params, x)
+  assert float(losses_ref[0]) == float(losses_new[0])        # the forward pass is the same reduce_window/conv
+  np.testing.assert_allclose(losses_new, losses_ref, rtol=1e-5)
+  assert abs(float(losses_ref[1] - losses_ref[0])) > 1e-3     # the step moved the loss: gradients are not zero
+  for a, b in zip(jax.tree.leaves(p_ref), jax.tree.leaves(p_new)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_max_pool_gradient_goes_to_the_first_maximum():
+  # Ties (integer pixels) must route dy as select_and_scatter does: to the first maximum in row-major order.
+  x_NxHxWxC = jnp.round(jax.random.uniform(jax.random.key(4), (2, 9, 8, 3)) * 3)
+  dy_seed = jax.random.normal(jax.random.key(5), (2, 5, 4, 3))
+  ref = lambda x: jnp.sum(dy_seed * nn_max_pool(x))
+  new = lambda x: jnp.sum(dy_seed * encoders._max_pool_nhwc(x, (3, 3), (2, 2)))
+  np.testing.assert_array_equal(encoders._max_pool_nhwc(x_NxHxWxC, (3, 3), (2, 2)), nn_max_pool(x_NxHxWxC))
+  g_ref, g_new = jax.grad(ref)(x_NxHxWxC), jax.grad(new)(x_NxHxWxC)
+  assert int(jnp.sum(g_ref != 0)) > 0
+  np.testing.assert_allclose(g_new, g_ref, rtol=1e-6, atol=1e-6)
+
+
+def nn_max_pool(x):
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  return nn.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
+
+
+def test_grads_option_is_checked():
+  with pytest.raises(ValueError, match='grads'):
+    jax.eval_shape(encoders.build_encoder('resnet', 8, grads='fast').init, jax.random.key(0), jnp.zeros((1, 28, 28)))

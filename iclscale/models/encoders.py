@@ -22,19 +22,150 @@ Deliberate differences from the DeepMind module:
   the last stage's channels to the embedding width); `project=False` drops
   it, which then requires channels[-1] == width.
 Convs have no bias and lecun-normal (truncated) init, as in Haiku's Conv2D.
+
+Gradients (`grads='auto'`, the default: 'cpu' on a CPU, JAX's own elsewhere):
+the forward pass is the same `lax.conv_general_dilated` and `reduce_window`
+max as flax's, but the backward pass is written out. JAX's transposed
+convolutions (kernel gradient `f01b_i01o->01bf`, input gradient
+`b01f_01oi->b01f` with lhs dilation) are rewritten by XLA:CPU into fast
+NHWC x HWIO (XNNPACK/YNNPACK) kernels in a plain jit, but not inside a
+`lax.scan` body, which is what the training loop's K-step chunk is: there
+they fall to the naive loop emitter, and the 7x7/2 stem's kernel gradient
+alone took 1.0 s of a 1.6 s step at 28 px (`python -m
+benchmarks.resnet_encoder --scan 2 --grads xla`). With 'cpu' a kernel
+gradient is one matmul of input patches with dy, an input gradient a
+forward convolution of the zero-interleaved dy with the flipped kernel, and
+the max-pool's gradient K*K strided compares instead of select_and_scatter.
+Same values up to float rounding (tests/test_encoders.py).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
+from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
 NORMS = ('none', 'group', 'layer')
+GRADS = ('auto', 'xla', 'cpu')  # backward of the convolutions and the max-pool; auto: cpu on a CPU
+_NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_nhwc(x_NxHxWxC, w_KxKxCxO, strides, pads):
+  """A padded, strided NHWC x HWIO convolution whose gradients are NHWC x HWIO convolutions too."""
+  return lax.conv_general_dilated(x_NxHxWxC, w_KxKxCxO, strides, pads, dimension_numbers=_NHWC)
+
+
+def _conv_nhwc_fwd(x_NxHxWxC, w_KxKxCxO, strides, pads):
+  return _conv_nhwc(x_NxHxWxC, w_KxKxCxO, strides, pads), (x_NxHxWxC, w_KxKxCxO)
+
+
+def _patches(x_NxHxWxC, size_k, size_out, strides, pads):
+  """[K*K, N, P, Q, C]: the padded input under each kernel tap (i, j). Taps lead, so for the one-channel stem the
+  kernel gradient's matmul reads [K*K, N*P*Q] rows as they are written, with no transpose."""
+  x_pad = lax.pad(x_NxHxWxC, jnp.zeros((), x_NxHxWxC.dtype), [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)])
+  n, c = x_NxHxWxC.shape[0], x_NxHxWxC.shape[3]
+  taps = [lax.slice(x_pad, (0, i, j, 0), (n, i + (size_out[0] - 1) * strides[0] + 1,
+                                          j + (size_out[1] - 1) * strides[1] + 1, c), (1, *strides, 1))
+          for i in range(size_k[0]) for j in range(size_k[1])]
+  return jnp.stack(taps)
+
+
+def _conv_nhwc_bwd(strides, pads, res, dy_NxPxQxO):
+  """The two gradients of y[n,p,q,o] = sum x_pad[n, p*s+i, q*s+j, c] w[i,j,c,o] in XLA:CPU's fast forms.
+
+  Kernel gradient: one matmul of the input patches [K*K, N*P*Q, C] with dy [N*P*Q, O] (as a convolution whose
+  window is the whole image, even the NHWC form ran at a few GFLOP/s: 0.6 s for a 1x1 kernel at 105 px).
+  Input gradient: dy with stride-1 zeros between its pixels, padded, against the flipped kernel (O <-> C), an
+  NHWC x HWIO convolution; same padding arithmetic as JAX's transpose rule (jax/_src/lax/convolution.py,
+  _conv_general_vjp_lhs_padding).
+  """
+  x_NxHxWxC, w_KxKxCxO = res
+  size_in, size_out, size_k = x_NxHxWxC.shape[1:3], dy_NxPxQxO.shape[1:3], w_KxKxCxO.shape[:2]
+  patches_TxNxPxQxC = _patches(x_NxHxWxC, size_k, size_out, strides, pads)
+  dw_TxCxO = lax.dot_general(patches_TxNxPxQxC, dy_NxPxQxO.astype(x_NxHxWxC.dtype), (((1, 2, 3), (0, 1, 2)), ((), ())))
+  lo = [k - p[0] - 1 for k, p in zip(size_k, pads)]
+  edges = [(b, n + k - 1 - ((o - 1) * s + 1) - b, s - 1)
+           for b, n, k, o, s in zip(lo, size_in, size_k, size_out, strides)]
+  dy_pad = lax.pad(dy_NxPxQxO, jnp.zeros((), dy_NxPxQxO.dtype), [(0, 0, 0), *edges, (0, 0, 0)])
+  w_flip_KxKxOxC = jnp.transpose(jnp.flip(w_KxKxCxO, (0, 1)), (0, 1, 3, 2))
+  dx_NxHxWxC = lax.conv_general_dilated(dy_pad, w_flip_KxKxOxC.astype(dy_pad.dtype), (1, 1), 'VALID',
+                                        dimension_numbers=_NHWC)
+  return dx_NxHxWxC.astype(x_NxHxWxC.dtype), dw_TxCxO.reshape(w_KxKxCxO.shape).astype(w_KxKxCxO.dtype)
+
+
+_conv_nhwc.defvjp(_conv_nhwc_fwd, _conv_nhwc_bwd)
+
+
+def canonical_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                   dimension_numbers=None, feature_group_count=1, precision=None):
+  """`lax.conv_general_dilated` as flax's nn.Conv calls it, with NHWC x HWIO gradients (see the module doc).
+
+  Anything but an undilated, ungrouped 2-D NHWC x HWIO convolution goes to lax unchanged.
+  """
+  plain = (lhs.ndim == 4 and feature_group_count == 1 and precision is None
+           and all(d == 1 for d in (lhs_dilation or (1, 1)) + tuple(rhs_dilation or (1, 1)))
+           and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+           == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
+  if not plain:
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                    dimension_numbers, feature_group_count, precision=precision)
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+  return _conv_nhwc(lhs, rhs, tuple(window_strides), tuple(tuple(int(v) for v in p) for p in padding))
+
+
+def cpu_grads(kind: str) -> bool:
+  """Whether ResNet(grads=kind) uses the gradients written for XLA:CPU (module doc)."""
+  if kind not in GRADS:
+    raise ValueError(f'grads {kind!r} not in {GRADS}')
+  return kind == 'cpu' or (kind == 'auto' and jax.default_backend() == 'cpu')
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _max_pool_nhwc(x_NxHxWxC, window, strides):
+  """flax's nn.max_pool(x, window, strides, padding='SAME'): the same reduce_window."""
+  return lax.reduce_window(x_NxHxWxC, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1), 'SAME')
+
+
+def _max_pool_fwd(x_NxHxWxC, window, strides):
+  y_NxPxQxC = _max_pool_nhwc(x_NxHxWxC, window, strides)
+  return y_NxPxQxC, (x_NxHxWxC, y_NxPxQxC)
+
+
+def _max_pool_bwd(window, strides, res, dy_NxPxQxC):
+  """dy goes to the first maximum of each window in row-major order, as XLA's select_and_scatter with JAX's
+  `ge` select (the rule of jax.grad through reduce_window max), written as K*K strided compares and zero-
+  interleaving pads that fuse into one loop: XLA:CPU expands select_and_scatter into a reduce_window over four
+  index iotas plus a scatter, 2.2 s of a 105 px step."""
+  x_NxHxWxC, y_NxPxQxC = res
+  n, h, w, c = x_NxHxWxC.shape
+  size_out = y_NxPxQxC.shape[1:3]
+  pads = lax.padtype_to_pads((h, w), window, strides, 'SAME')
+  x_pad = lax.pad(x_NxHxWxC, jnp.array(-jnp.inf, x_NxHxWxC.dtype), [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads),
+                                                                      (0, 0, 0)])
+  size_pad = x_pad.shape[1:3]
+  taken = jnp.zeros(y_NxPxQxC.shape, bool)
+  zero = jnp.zeros((), dy_NxPxQxC.dtype)
+  dx_pad = jnp.zeros(x_pad.shape, dy_NxPxQxC.dtype)
+  for i in range(window[0]):
+    for j in range(window[1]):
+      ends = [o + (q - 1) * s + 1 for o, q, s in zip((i, j), size_out, strides)]
+      tap = lax.slice(x_pad, (0, i, j, 0), (n, *ends, c), (1, *strides, 1))
+      hit = (tap == y_NxPxQxC) & ~taken
+      taken = taken | hit
+      edges = [(o, p - e, s - 1) for o, p, e, s in zip((i, j), size_pad, ends, strides)]
+      dx_pad = dx_pad + lax.pad(jnp.where(hit, dy_NxPxQxC, zero), zero, [(0, 0, 0), *edges, (0, 0, 0)])
+  return (lax.slice(dx_pad, (0, pads[0][0], pads[1][0], 0), (n, pads[0][0] + h, pads[1][0] + w, c)),)
+
+
+_max_pool_nhwc.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def _flatten_items(x: jax.Array, item_ndim: int):
@@ -95,11 +226,13 @@ class BottleneckBlockV1(nn.Module):
   use_projection: bool
   norm: str = 'none'
   dtype: Any = jnp.float32
+  grads: str = 'auto'
 
   @nn.compact
   def __call__(self, x_NxHxWxC: jax.Array) -> jax.Array:
     conv = lambda c, k, s, name: nn.Conv(c, (k, k), strides=(s, s), padding='SAME',
-                                         use_bias=False, dtype=self.dtype, name=name)
+                                         use_bias=False, dtype=self.dtype, name=name,
+                                         conv_general_dilated=canonical_conv if cpu_grads(self.grads) else None)
     shortcut = x_NxHxWxC
     if self.use_projection:
       shortcut = conv(self.channels, 1, self.stride, 'shortcut_conv')(shortcut)
@@ -128,6 +261,7 @@ class ResNet(nn.Module):
   norm: str = 'none'
   project: bool = True
   dtype: Any = jnp.float32
+  grads: str = 'auto'  # backward of the convs and the max-pool: auto | xla | cpu (see the module doc)
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -146,15 +280,19 @@ class ResNet(nn.Module):
     x_NxHxWx1 = x_NxHxW.reshape((-1,) + x.shape[-2:] + (1,)).astype(self.dtype)
 
     y = nn.Conv(self.initial_channels, (7, 7), strides=(2, 2), padding='SAME',
-                use_bias=False, dtype=self.dtype, name='initial_conv')(x_NxHxWx1)
+                use_bias=False, dtype=self.dtype, name='initial_conv',
+                conv_general_dilated=canonical_conv if cpu_grads(self.grads) else None)(x_NxHxWx1)
     norm = _norm(self.norm, self.initial_channels, 'initial_norm')
     y = nn.relu(norm(y) if norm else y)
-    y = nn.max_pool(y, (3, 3), strides=(2, 2), padding='SAME')
+    if cpu_grads(self.grads):
+      y = _max_pool_nhwc(y, (3, 3), (2, 2))
+    else:
+      y = nn.max_pool(y, (3, 3), strides=(2, 2), padding='SAME')
     stages = zip(self.blocks_per_stage, self.channels, self.strides)
     for g, (num_blocks, c, s) in enumerate(stages):
       for b in range(num_blocks):
         y = BottleneckBlockV1(c, stride=s if b == 0 else 1, use_projection=b == 0,
-                              norm=self.norm, dtype=self.dtype,
+                              norm=self.norm, dtype=self.dtype, grads=self.grads,
                               name=f'stage{g}_block{b}')(y)
     y_NxC = jnp.mean(y, axis=(1, 2))
     if self.project:
