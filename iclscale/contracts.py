@@ -137,10 +137,19 @@ class Evaluator(abc.ABC):
   def rows(self, out: Any) -> Rows:
     """{(evaluator/set, metric): value} from `compute`'s output fetched to the host (numpy arrays)."""
 
-  def __call__(self, params: Any) -> Rows:
+  def start(self, params: Any) -> Any:
+    """Dispatches `compute` and returns its device output at once: the loop dispatches its next training steps
+    before it fetches this (`finish`), so the host's table and summary writing overlaps the device's work."""
     if self._compiled is None:
       self._compiled = jax.jit(self.compute)
-    return self.rows(jax.device_get(self._compiled(params, self.data)))
+    return self._compiled(params, self.data)
+
+  def finish(self, out: Any) -> Rows:
+    """Rows of a `start`ed evaluation (waits for it)."""
+    return self.rows(jax.device_get(out))
+
+  def __call__(self, params: Any) -> Rows:
+    return self.finish(self.start(params))
 
   def finalize(self, workdir: str) -> str | None:
     """Called once at the end of a completed run (when config.plot is set): writes the evaluator's own figure

@@ -1,7 +1,8 @@
 """Everything a run writes besides checkpoints: CLU summaries, progress reports, the results table, evaluations.
 
-Built by the loop after the first training dispatch, so the slow imports (CLU pulls in TensorFlow) and the
-evaluators' compilation overlap with training instead of delaying it.
+Built by the loop before its first dispatch; CLU's writers pull in TensorFlow, which the loop imports in a
+background thread while the run is set up and compiled (train.run). Evaluations are started and finished apart
+(start_evaluation / finish_evaluation), so the loop can dispatch more training before it fetches their results.
 """
 from __future__ import annotations
 
@@ -23,8 +24,7 @@ METRICS = ("loss", "accuracy", "grad_norm")   # train metrics summed in the stat
 class Outputs:
   """Everything the run writes besides checkpoints: CLU summaries, progress reports, the results table, sweeps.
 
-  Built after the first training dispatch, so the slow imports (CLU pulls in TensorFlow) and the evaluators'
-  compilation overlap with training instead of delaying it. A population writes one results table with its
+  A population writes one results table with its
   members' varying fields as columns, and one TensorBoard run per member (members/<name>/) beside the progress
   summaries of the whole program.
   """
@@ -80,10 +80,18 @@ class Outputs:
       self.last_train[i] = out
 
   def evaluate(self, step: int, params: Any) -> None:
+    self.finish_evaluation(step, self.start_evaluation(params))
+
+  def start_evaluation(self, params: Any) -> list:
+    """Dispatches every evaluator on `params` without waiting (finish_evaluation writes the results)."""
     distributed.barrier("evaluate")
+    return [ev.start(params) for ev in self.evaluators]
+
+  def finish_evaluation(self, step: int, started: list) -> None:
+    """Fetches the started evaluations and writes them: summaries, the results table, last_evals."""
     values = [{} for _ in self.views]
-    for ev in self.evaluators:
-      out = ev(params)
+    for ev, out in zip(self.evaluators, started):
+      out = ev.finish(out)
       for i, rows in enumerate([out] if self.members is None else out):
         values[i].update(rows)
     for i, (writer, columns, _) in enumerate(self.views):

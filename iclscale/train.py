@@ -9,8 +9,11 @@ with the step count, so 5e7-step runs are practical.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib
 import logging
 import os
+import threading
 import time
 from typing import Any
 
@@ -137,6 +140,9 @@ def zero_sums() -> dict:
   return {m: jnp.zeros((), jnp.float32) for m in outputs_lib.METRICS + ("count",)}
 
 
+# Chunks dispatched ahead of the host work on a step's results (train.run's `pending`): the device stays busy
+# while the host fetches, logs, evaluates and saves, if that work takes less than HOST_LAG chunks of training.
+HOST_LAG = 2
 SAMPLER_SALT, INIT_SALT = 0x5A3, 0x1417   # streams of the run's seed: device-side index sampling, initialization
 
 
@@ -348,6 +354,8 @@ def guard_workdir(workdir: str, cfg) -> bool:
 def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | None = None) -> dict:
   """Trains (or resumes) the run `config` in `workdir`; returns the last train and eval metrics."""
   start_time = start_time or time.time()
+  # The summary writers import TensorFlow (seconds of CPU): import it while the run is set up and compiled.
+  threading.Thread(target=importlib.import_module, args=("clu.metric_writers",), daemon=True).start()
   # Every ConfigError is raised here, before anything is built or compiled, and on every process alike.
   cfg = distributed.same_everywhere("config", lambda: resolve(config))
   members = resolve_members(config)  # None for a solo run (iclscale/population.py)
@@ -376,16 +384,31 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
     saved_step = step if restored is not None else None  # a preemption right after a save must not save it again
     preemption = preemption_lib.Preemption()
     profile = profiling.Profile(cfg.profile, workdir)
+    # Host work on a dispatch's results (logging, evaluation rows, checkpoint writes) waits in `pending` until
+    # HOST_LAG more chunks are dispatched: the device then computes while the host fetches and writes (nanodo: the
+    # host never waits on an idle device). Work runs in step order: a NaN loss stops the run before that step's
+    # state is saved.
+    pending: list = []   # (step, fn)
+
+    def drain(upto: float = float("inf")):
+      while pending and pending[0][0] <= upto:
+        pending.pop(0)[1]()
+
     try:
-      if tr.eval_at_start and restored is None and cfg.evals:
-        outputs = outputs_lib.Outputs(cfg, workdir, task_list, model, mesh, -1, True, lr_fn, members)
+      # Built before the first dispatch: its evaluation sets and writers are ready when the first results are.
+      # A finished run that is re-run builds it only to rewrite its end-of-run figures.
+      if step < tr.num_steps or (cfg.plot and cfg.evals):
+        outputs = outputs_lib.Outputs(cfg, workdir, task_list, model, mesh, start_step if restored else -1,
+                                      restored is None, lr_fn, members)
+      if tr.eval_at_start and restored is None and outputs.evaluators:
         outputs.evaluate(0, state["params"])
+      first_dispatch = None
       while step < tr.num_steps:
         if preemption.due():
+          drain()
           if saved_step != step:
             checkpointer.save(step, state, data_iter)
-          if outputs is not None:
-            outputs.results.commit(step)  # table chunks end at checkpoints: a resume drops exactly what follows
+          outputs.results.commit(step)  # table chunks end at checkpoints: a resume drops exactly what follows
           checkpointer.wait()
           logging.warning("Preempted: saved step %d in %s; re-run the same command to resume.", step, workdir)
           break
@@ -397,29 +420,35 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
         state = train_chunk(state, inputs, idx)
         step += k
         profile.after(step, state["step"])
-        if step == start_step + k:
-          logging.info("First training step dispatched %.1f s after start.", time.time() - start_time)
-        if outputs is None:
-          outputs = outputs_lib.Outputs(cfg, workdir, task_list, model, mesh, start_step if restored else -1,
-                            restored is None, lr_fn, members)
+        if first_dispatch is None:
+          first_dispatch = time.time()
+          logging.info("First training step dispatched %.1f s after start.", first_dispatch - start_time)
+        drain(upto=step - HOST_LAG * k)  # earlier dispatches' host work, while the device runs the later ones
         outputs.report(step, state["step"])  # timed on finished work: iclscale/progress.py
         do_eval = bool(outputs.evaluators) and ckpt_lib.itstime(step, cfg.eval_every, tr.num_steps,
                                                                 checkpointer.milestones | set(tr.eval_steps))
         do_save = checkpointer.due(step)
         # Train metrics are also logged at every save, so a resumed run logs the same windows as an unbroken one.
         if do_eval or do_save or ckpt_lib.itstime(step, tr.log_every, tr.num_steps):
-          outputs.log_train(step, state["sums"])
+          pending.append((step, functools.partial(outputs.log_train, step, state["sums"])))
           state = dict(state, sums=jax.tree.map(jnp.zeros_like, state["sums"]))
+        snapshot = checkpointer.snapshot(state, data_iter) if do_save else None
         if do_save:   # before the evaluation, which then overlaps the background write
-          checkpointer.save(step, state, data_iter)
+          pending.append((step, functools.partial(checkpointer.save, step, *(snapshot or (state, data_iter)))))
         if do_eval:
-          outputs.evaluate(step, state["params"])
+          pending.append((step, functools.partial(outputs.finish_evaluation, step,
+                                                  outputs.start_evaluation(state["params"]))))
         if do_save:
-          outputs.results.commit(step)
+          pending.append((step, functools.partial(outputs.results.commit, step)))
           saved_step = step
-      if outputs is None and step >= tr.num_steps and cfg.plot and cfg.evals:
-        # A completed run re-run (e.g. killed before its figures): rebuild the evaluators to rewrite them.
-        outputs = outputs_lib.Outputs(cfg, workdir, task_list, model, mesh, step, False, lr_fn, members)
+        if do_save and snapshot is None:  # saved in place: before the next step donates the state
+          drain()
+      drain()
+      if first_dispatch is not None:
+        checkpointer.wait()
+        took = time.time() - first_dispatch
+        logging.info("Trained steps %d to %d in %.1f s from the first dispatch: %.1f steps/s with evaluations, "
+                     "checkpoints and logging.", start_step, step, took, (step - start_step) / took)
     finally:
       profile.close(state["step"])
       preemption.close()

@@ -127,6 +127,34 @@ def test_the_state_of_a_background_save_is_donated_to_the_next_step(tmp_path, mo
   assert step == 10 and float(restored["w"][0, 0]) == 1.0   # the write read the state before it was updated
 
 
+def test_a_snapshot_saved_after_the_next_steps_holds_the_step_it_was_taken_at(tmp_path, monkeypatch):
+  """The loop snapshots a small state at a save step, dispatches more steps (donating the live state, advancing
+  the data iterator) and saves the snapshot afterwards: the checkpoint holds the snapshot's values, iterator
+  position and digest. A state of WAIT_FOR_WRITE_BYTES or more is not copied (snapshot returns None)."""
+  import grain  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  cfg = ml_collections.ConfigDict(dict(checkpoint.DEFAULTS, every=10, per_decade=0, async_save=True))
+  ckpt = checkpoint.Checkpointer(str(tmp_path), cfg, num_steps=100, multiple=10)
+  make_iter = lambda: iter(grain.MapDataset.range(10).to_iter_dataset())  # noqa: E731
+  it = make_iter()
+  next(it)
+  state = dict(w=jnp.full((4, 3), 1.0), step=jnp.asarray(10, jnp.int32))
+  snap = ckpt.snapshot(state, it)
+  assert snap is not None and snap[1].get_state() == b'{\n    "next_index": 1\n}'
+  state = jax.jit(lambda s: jax.tree.map(lambda x: x + 1, s), donate_argnums=0)(state)  # the next step
+  next(it)
+  assert ckpt.save(10, *snap)
+  ckpt.close()
+  it2 = make_iter()
+  step, restored = checkpoint.Checkpointer(str(tmp_path), cfg, 100, 10).restore(
+      dict(w=jnp.zeros((4, 3)), step=jnp.asarray(0, jnp.int32)), it2)
+  assert step == 10 and float(restored["w"][0, 0]) == 1.0 and int(restored["step"]) == 10
+  assert it2.get_state()["next_index"] == 1 and float(state["w"][0, 0]) == 2.0
+  monkeypatch.setattr(checkpoint, "WAIT_FOR_WRITE_BYTES", 48)
+  assert ckpt.snapshot(state, it) is None   # 52 bytes: saved in place by the loop
+
 def _set_json(path, **values):
   data = json.loads(path.read_text())
   data.update(values)

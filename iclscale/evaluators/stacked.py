@@ -33,6 +33,13 @@ class Stacked:
       m.data = None
     self._compiled = jax.jit(jax.vmap(members[0].compute, spmd_axis_name=mesh_lib.POPULATION))
 
-  def __call__(self, params: Any) -> list[contracts.Rows]:
-    out = distributed.fetch(self._compiled(params, self.data))
+  def start(self, params: Any) -> Any:
+    """Dispatches every member's evaluation (contracts.Evaluator.start)."""
+    return self._compiled(params, self.data)
+
+  def finish(self, out: Any) -> list[contracts.Rows]:
+    out = distributed.fetch(out)
     return [m.rows(jax.tree.map(lambda x, i=i: x[i], out)) for i, m in enumerate(self.members)]
+
+  def __call__(self, params: Any) -> list[contracts.Rows]:
+    return self.finish(self.start(params))
