@@ -193,7 +193,7 @@ class Checkpointer:
     if sum(x.nbytes for x in jax.tree.leaves(state)) >= WAIT_FOR_WRITE_BYTES:
       return None
     position = None if data_iter is None else FrozenPosition(data_iter.get_state())
-    copy = jax.device_put(state, may_alias=False)
+    copy = jax.tree.map(lambda x: jax.device_put(x, x.sharding, may_alias=False), state)
     return copy, position, start_digest(copy)
 
   def before_update(self) -> None:
