@@ -35,6 +35,9 @@ def test_aggregate_uses_last_step_and_standard_error(tmp_path, monkeypatch):
 def test_run_config_sets_the_swept_fields():
   c = nsweep.run_config("quick", 0.0, 12, 3)
   assert (c.task.dataset_size, c.seed, c.task.p_relevant, c.train.num_steps) == (4096, 3, 0.0, 50_000)
+  assert c.task.input_noise == 0.2                       # sigma left at Chan et al. 2024's default
+  pop = nsweep.population_config("quick", [0.9], (0, 1), input_noise=0.4)
+  assert pop.task.input_noise == 0.4 and nsweep.run_config("quick", 0.9, 6, 0, 0.4).task.input_noise == 0.4
 
 
 def test_partial_sweep_aggregates_finished_runs_only(tmp_path, monkeypatch):

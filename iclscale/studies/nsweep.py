@@ -6,6 +6,7 @@ context x C_H/C_L, over seeds, run locally one after another and aggregated into
   python -m iclscale.studies.nsweep --workdir runs/nsweep --baselines      # + IW (p=0) / IC (p=1) predictors
   python -m iclscale.studies.nsweep --workdir runs/nsweep --seeds 0,1,2,3,4 --shard 0/2   # and --shard 1/2 at once
   python -m iclscale.studies.nsweep --workdir runs/nsweep_pop --population                  # the grid in one program
+  python -m iclscale.studies.nsweep --workdir runs/nsweep_s04 --population --input_noise 0.4  # Fig. 3: sigma = 0.4
 
 --seeds replaces the scale's seeds. --shard i/n runs every n-th member (seed-major order) starting at i, so n
 processes can share a sweep; each then aggregates what has finished. Members run seed by seed, so a partial
@@ -44,13 +45,16 @@ def run_name(p_relevant: float, log2_n: int, seed: int) -> str:
   return f"p{p_relevant:g}_N2^{log2_n}_seed{seed}"
 
 
-def run_config(scale: str, p_relevant: float, log2_n: int, seed: int):
+def run_config(scale: str, p_relevant: float, log2_n: int, seed: int, input_noise: float | None = None):
+  """One member's config; input_noise (sigma) None keeps the config's default (0.2, Chan et al. 2024 Table 1)."""
   from configs import chan2024_synthetic  # pylint: disable=g-import-not-at-top
   s = SCALES[scale]
   c = chan2024_synthetic.get_config("tiny" if scale == "tiny" else "quick")
   c.seed = seed
   c.task.p_relevant = p_relevant
   c.task.dataset_size = 2**log2_n
+  if input_noise is not None:
+    c.task.input_noise = input_noise   # sigma: Chan et al. 2024 Fig. 3 (ICL persists at large N for sigma = 0.4)
   c.train.num_steps = s["steps"]
   c.eval_every = 0              # evaluate at the log-spaced milestones and at the end only
   c.checkpoint.every = 0        # milestone checkpoints suffice for a sweep
@@ -64,21 +68,21 @@ def members(scale: str, p_values: list[float], seeds: tuple[int, ...]) -> list[t
 
 
 def run_all(workdir: str, scale: str, p_values: list[float], seeds: tuple[int, ...],
-            shard: tuple[int, int] = (0, 1)) -> list[str]:
+            shard: tuple[int, int] = (0, 1), input_noise: float | None = None) -> list[str]:
   from iclscale import train  # pylint: disable=g-import-not-at-top
   dirs = []
   for p, log2_n, seed in members(scale, p_values, seeds)[shard[0]::shard[1]]:
     d = os.path.join(workdir, run_name(p, log2_n, seed))
     t0 = time.time()
-    out = train.run(run_config(scale, p, log2_n, seed), d)
+    out = train.run(run_config(scale, p, log2_n, seed, input_noise), d)
     logging.info("%s: step %d in %.0f s", d, out["step"], time.time() - t0)
     dirs.append(d)
   return dirs
 
 
-def population_config(scale: str, p_values: list[float], seeds: tuple[int, ...]):
+def population_config(scale: str, p_values: list[float], seeds: tuple[int, ...], input_noise: float | None = None):
   """The whole sweep as one population: p_relevant x N x seed, every member the one-at-a-time mode's run."""
-  c = run_config(scale, p_values[0], SCALES[scale]["log2_sizes"][0], seeds[0])
+  c = run_config(scale, p_values[0], SCALES[scale]["log2_sizes"][0], seeds[0], input_noise)
   c.population = dict(product=dict(task=dict(p_relevant=tuple(p_values),
                                              dataset_size=tuple(2**n for n in SCALES[scale]["log2_sizes"])),
                                    seed=tuple(seeds)), zip={})
@@ -164,6 +168,8 @@ def main():
   ap.add_argument("--baselines", action="store_true", help="also train the IW (p=0) and IC (p=1) predictors")
   ap.add_argument("--seeds", default="", help="comma-separated seeds, e.g. 0,1,2,3,4 (default: the scale's)")
   ap.add_argument("--shard", default="0/1", help="i/n: run members i, i+n, i+2n, ... (n processes share a sweep)")
+  ap.add_argument("--input_noise", type=float, default=None,
+                  help="sigma of every member (default: the config's 0.2); Chan et al. 2024 Fig. 3 uses 0.4")
   ap.add_argument("--aggregate_only", action="store_true", help="only rebuild the table and figure")
   ap.add_argument("--population", action="store_true",
                   help="train the whole grid as one population run in <workdir>/population (one program)")
@@ -176,6 +182,8 @@ def main():
   except ValueError:
     ap.error(f"--seeds must be distinct integers (got {args.seeds!r}) and --shard i/n with 0 <= i < n "
              f"(got {args.shard!r})")
+  if args.input_noise is not None and not args.input_noise >= 0:
+    ap.error(f"--input_noise must be a number >= 0 (got {args.input_noise})")
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
   for noisy in ("absl", "orbax", "jax"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -184,9 +192,10 @@ def main():
   p_values = [args.p_relevant] + ([0.0, 1.0] if args.baselines else [])
   t0 = time.time()
   if not args.aggregate_only and args.population:
-    train.run(population_config(args.scale, p_values, seeds), os.path.join(args.workdir, "population"))
+    train.run(population_config(args.scale, p_values, seeds, args.input_noise),
+              os.path.join(args.workdir, "population"))
   elif not args.aggregate_only:
-    run_all(args.workdir, args.scale, p_values, seeds, shard)
+    run_all(args.workdir, args.scale, p_values, seeds, shard, args.input_noise)
   table = aggregate(args.workdir, args.scale, p_values, seeds, args.population)
   results.write_dicts(os.path.join(args.workdir, "nsweep_table.csv"), table)
   plot(table, os.path.join(args.workdir, "nsweep.png"))
