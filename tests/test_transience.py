@@ -59,3 +59,24 @@ def test_command_writes_the_summary_and_figures(tmp_path):
     assert os.path.getsize(os.path.join(out, name)) > 0
   with open(os.path.join(out, "transience_summary.csv")) as f:
     assert len(list(csv.DictReader(f))) == 2
+
+
+def test_a_population_run_gives_one_summary_per_member_with_its_own_l2(tmp_path):
+  from iclscale import results
+  run = tmp_path / "pop"
+  table = results.ResultsTable(str(run), resume_step=-1, columns=("member", "optim.l2"))
+  curves = {0: ([0.6, 0.9, 0.7, 0.5], 0.0), 1: ([0.6, 0.9, 0.9, 0.85], 1e-3)}   # l2 = 1e-3 keeps ICL
+  for step_i, step in enumerate([100, 1000, 10_000, 100_000]):
+    for m, (icl, l2) in curves.items():
+      table.append(step, {("icl_iwl/fewshot_holdout", "accuracy_closed"): icl[step_i],
+                          ("icl_iwl/no_support", "accuracy_closed"): 0.1 * step_i, ("train", "loss"): 1.0 / step},
+                   member={"member": m, "optim.l2": l2})
+    table.commit(step)
+  with open(run / "config.json", "w") as f:
+    json.dump({"task.name": "bursty", "task.synthetic_classes": 300}, f)
+  out = str(tmp_path / "out")
+  s0, s1 = transience.main([str(run), "--out", out])
+  assert (s0["name"], s1["name"]) == ("pop/0_l2=0", "pop/1_l2=0.001")
+  assert (s0["l2"], s1["l2"]) == (0.0, 1e-3) and s0["num_classes"] == s1["num_classes"] == 300
+  assert s0["icl_decay_slope"] == pytest.approx(-0.2) and s1["icl_decay_slope"] == pytest.approx(-0.025)
+  assert os.path.getsize(os.path.join(out, "pop_1_l2=0.001_curves.png")) > 0

@@ -2,6 +2,9 @@
 
   python -m iclscale.analysis.transience runs/transience_cpu [more run dirs...] --out runs/transience_summary
 
+A population run (e.g. --population="optim.l2=0,1e-4,1e-3") gives one summary per member, named
+<run>/<member>_<its varying fields>, with the member's own optim.l2.
+
 Definitions (the project's; Singh et al. 2023 describe peak and decay in words, not as these formulas):
   ICL curve     icl_iwl/fewshot_holdout accuracy_closed: 2-way few-shot on never-trained classes relabeled 0/1,
                 argmax over {0, 1} (chance 1/2); --icl picks another evaluator/metric.
@@ -82,23 +85,45 @@ def num_classes(flat: dict) -> float:
   return float(bursty.table_size(ml_collections.ConfigDict(task))[0])
 
 
-def summarize(workdir: str, icl_key: str = ICL_DEFAULT, iwl_key: str = IWL_DEFAULT,
-              iwl_threshold: float = 0.5) -> dict:
+def member_rows(workdir: str) -> dict[str, list[dict]]:
+  """{name: rows} of a run: one entry for a solo run, one per member of a population run (iclscale/population.py),
+  named <run>/<member's varying fields>."""
   rows = results_lib.read(workdir)
-  icl_s, icl = results_lib.series(rows, *split_key(icl_key))
-  iwl_s, iwl = results_lib.series(rows, *split_key(iwl_key))
-  flat = run_config(workdir)
-  out = dict(run=workdir, l2=float(flat.get("optim.l2", 0.0)), l2_form=flat.get("optim.l2_form", "squared"),
-             num_classes=num_classes(flat), last_step=float(max((r["step"] for r in rows), default=0)))
-  out.update(transience_metrics(icl_s, icl, iwl_s, iwl, iwl_threshold))
+  base = os.path.basename(os.path.abspath(workdir))
+  if not rows or "member" not in rows[0]:
+    return {base: rows}
+  fixed = {"step", "evaluator", "metric", "value", "member"}
+  out: dict[str, list[dict]] = {}
+  for r in rows:
+    fields = "_".join(f"{k.rsplit('.', 1)[-1]}={r[k]:g}" if isinstance(r[k], float) else f"{k.rsplit('.', 1)[-1]}={r[k]}"
+                      for k in sorted(r) if k not in fixed)
+    out.setdefault(f"{base}/{r['member']}_{fields}" if fields else f"{base}/{r['member']}", []).append(r)
   return out
 
 
-def plot_curves(workdir: str, summary: dict, path: str, icl_key: str, iwl_key: str) -> str:
+def summarize(workdir: str, icl_key: str = ICL_DEFAULT, iwl_key: str = IWL_DEFAULT,
+              iwl_threshold: float = 0.5) -> list[dict]:
+  """One summary per run, or per member of a population run; a member's own optim.l2 (a table column) wins over
+  the config's."""
+  flat = run_config(workdir)
+  out = []
+  for name, rows in member_rows(workdir).items():
+    icl_s, icl = results_lib.series(rows, *split_key(icl_key))
+    iwl_s, iwl = results_lib.series(rows, *split_key(iwl_key))
+    l2 = rows[0].get("optim.l2", flat.get("optim.l2", 0.0)) if rows else flat.get("optim.l2", 0.0)
+    s = dict(run=workdir, name=name, l2=float(l2), l2_form=flat.get("optim.l2_form", "squared"),
+             num_classes=num_classes(flat), last_step=float(max((r["step"] for r in rows), default=0)))
+    s.update(transience_metrics(icl_s, icl, iwl_s, iwl, iwl_threshold))
+    s["rows"] = rows
+    out.append(s)
+  return out
+
+
+def plot_curves(summary: dict, path: str, icl_key: str, iwl_key: str) -> str:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  rows = results_lib.read(workdir)
+  rows = summary["rows"]
   fig, ax = plt.subplots(figsize=(6.4, 4.0))
   for key, label, color in ((icl_key, "ICL (" + icl_key + ")", "C0"), (iwl_key, "IWL (" + iwl_key + ")", "C1")):
     s, v = results_lib.series(rows, *split_key(key))
@@ -118,7 +143,7 @@ def plot_curves(workdir: str, summary: dict, path: str, icl_key: str, iwl_key: s
   ax2.set_ylabel("train loss")
   lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
   ax.legend(lines, [ln.get_label() for ln in lines], fontsize=7, loc="center left")
-  ax.set_title(f"{os.path.basename(os.path.abspath(workdir))}: peak {summary['icl_peak']:.2f} at "
+  ax.set_title(f"{summary['name']}: peak {summary['icl_peak']:.2f} at "
                f"{summary['icl_peak_step']:.0f}, slope {summary['icl_decay_slope']:.3f}/decade", fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
@@ -131,7 +156,7 @@ def plot_scatter(summaries: list[dict], x: str, y: str, path: str, xlabel: str, 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, ax = plt.subplots(figsize=(4.8, 3.6))
-  pts = [(s[x], s[y], os.path.basename(os.path.abspath(s["run"]))) for s in summaries
+  pts = [(s[x], s[y], s["name"]) for s in summaries
          if not (math.isnan(s[x]) or math.isnan(s[y]))]
   for px, py, name in pts:
     ax.scatter([px], [py], color="C0")
@@ -156,17 +181,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
   ap.add_argument("--iwl_threshold", type=float, default=0.5, help="IWL onset: first step at or above this")
   args = ap.parse_args(argv)
   os.makedirs(args.out, exist_ok=True)
-  summaries = [summarize(d, args.icl, args.iwl, args.iwl_threshold) for d in args.runs]
+  summaries = [s for d in args.runs for s in summarize(d, args.icl, args.iwl, args.iwl_threshold)]
   for s in summaries:
-    name = os.path.basename(os.path.abspath(s["run"]))
-    s["curves_png"] = plot_curves(s["run"], s, os.path.join(args.out, f"{name}_curves.png"), args.icl, args.iwl)
+    name = s["name"].replace("/", "_")
+    s["curves_png"] = plot_curves(s, os.path.join(args.out, f"{name}_curves.png"), args.icl, args.iwl)
+    del s["rows"]
   plot_scatter(summaries, "l2", "icl_decay_slope", os.path.join(args.out, "slope_vs_l2.png"),
                "optim.l2", "ICL decay slope (accuracy / decade)", logx=True)
   plot_scatter(summaries, "num_classes", "icl_peak", os.path.join(args.out, "peak_vs_classes.png"),
                "classes", "ICL peak accuracy", logx=True)
   results_lib.write_dicts(os.path.join(args.out, "transience_summary.csv"), summaries)
   for s in summaries:
-    print(f"{s['run']}: ICL peak {s['icl_peak']:.3f} at step {s['icl_peak_step']:.0f}, decay slope "
+    print(f"{s['name']}: ICL peak {s['icl_peak']:.3f} at step {s['icl_peak_step']:.0f}, decay slope "
           f"{s['icl_decay_slope']:.4f}/decade, final ICL {s['icl_final']:.3f}; IWL onset step {s['iwl_onset_step']:.0f}, "
           f"final IWL {s['iwl_final']:.3f}; curves {s['curves_png']}")
   print(f"summary: {os.path.join(args.out, 'transience_summary.csv')}")
