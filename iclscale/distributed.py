@@ -259,7 +259,12 @@ def fetch(tree: Any) -> Any:
   """Host copies of device values on every process. A population's values [P, ...] are split over processes
   along the population axis: they are gathered first, so every process reads every member's."""
   import jax  # pylint: disable=g-import-not-at-top
-  if all(x.is_fully_addressable for x in jax.tree.leaves(tree)):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  leaves = jax.tree.leaves(tree)
+  if all(x.is_fully_addressable for x in leaves):
     return jax.device_get(tree)
+  if all(x.sharding.is_fully_replicated for x in leaves):
+    # Every process holds the whole value (e.g. the train-metric sums): a local copy, no collective to compile.
+    return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data), tree)
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return multihost_utils.process_allgather(tree, tiled=True)

@@ -3,6 +3,8 @@
 Built by the loop before its first dispatch; CLU's writers pull in TensorFlow, which the loop imports in a
 background thread while the run is set up and compiled (train.run). Evaluations are started and finished apart
 (start_evaluation / finish_evaluation), so the loop can dispatch more training before it fetches their results.
+Only process 0 writes summaries and reports progress (as big_vision and maxtext do); the other processes of a
+multi-process run build no CLU writer, so they never import TensorFlow.
 """
 from __future__ import annotations
 
@@ -21,6 +23,28 @@ from iclscale.results import ResultsTable
 METRICS = ("loss", "accuracy", "grad_norm")   # train metrics summed in the state and averaged per log window
 
 
+class SilentWriter:
+  """The summary writer of processes other than 0: process 0 writes the run's summaries, these write nothing."""
+
+  def write_scalars(self, step: int, scalars: dict) -> None:
+    del step, scalars
+
+  def write_hparams(self, hparams: dict) -> None:
+    del hparams
+
+  def flush(self) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
+
+
+def no_report(step: int, barrier: Any = None) -> bool:
+  """The progress report of processes other than 0 (process 0 reports the run's progress)."""
+  del step, barrier
+  return False
+
+
 class Outputs:
   """Everything the run writes besides checkpoints: CLU summaries, progress reports, the results table, sweeps.
 
@@ -31,24 +55,30 @@ class Outputs:
 
   def __init__(self, cfg, workdir, task_list, model, mesh, resume_step, fresh, lr_fn,
                members: population_lib.Members | None = None):
-    from clu import metric_writers  # pylint: disable=g-import-not-at-top
     self.members = members
-    just_logging = jax.process_index() > 0
+    writes = jax.process_index() == 0
     self.results = ResultsTable(workdir, resume_step, ("member",) + members.fields if members else ())
-    self.writer = metric_writers.create_default_writer(workdir, just_logging=just_logging)
+    if writes:
+      from clu import metric_writers  # pylint: disable=g-import-not-at-top
+      writer = lambda d, **kw: metric_writers.create_default_writer(d, **kw)
+    else:
+      writer = lambda d, **kw: SilentWriter()
+    self.writer = writer(workdir)
     if members is None:
       self.views = [(self.writer, None, cfg)]
     else:
-      self.views = [(metric_writers.create_default_writer(os.path.join(workdir, "members", members.name(i)),
-                                                          just_logging=just_logging, asynchronous=False),
+      self.views = [(writer(os.path.join(workdir, "members", members.name(i)), asynchronous=False),
                      members.columns(i), members.cfgs[i]) for i in range(members.size)]
     if fresh:
       for writer, _, view_cfg in self.views:
         writer.write_hparams({n: (v if isinstance(v, (int, float, str, bool)) else str(v))
                               for n, v in config_lib.flatten(view_cfg).items()})
-    from iclscale import progress  # pylint: disable=g-import-not-at-top  # imports CLU
-    self.report = progress.SyncedProgress(num_train_steps=cfg.train.num_steps, writer=self.writer,
-                                          every_secs=cfg.report_every_secs)
+    if writes:
+      from iclscale import progress  # pylint: disable=g-import-not-at-top  # imports CLU
+      self.report = progress.SyncedProgress(num_train_steps=cfg.train.num_steps, writer=self.writer,
+                                            every_secs=cfg.report_every_secs)
+    else:
+      self.report = no_report
     built = [evaluators.build(cfg.evals, t, model.apply, mesh) for t in task_list]
     if members is None:
       self.evaluators = built[0]

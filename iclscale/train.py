@@ -354,8 +354,10 @@ def guard_workdir(workdir: str, cfg) -> bool:
 def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | None = None) -> dict:
   """Trains (or resumes) the run `config` in `workdir`; returns the last train and eval metrics."""
   start_time = start_time or time.time()
-  # The summary writers import TensorFlow (seconds of CPU): import it while the run is set up and compiled.
-  threading.Thread(target=importlib.import_module, args=("clu.metric_writers",), daemon=True).start()
+  # The summary writers import TensorFlow (seconds of CPU): import it while the run is set up and compiled, on
+  # process 0 only (the only one that writes summaries: iclscale/outputs.py).
+  if jax.process_index() == 0:
+    threading.Thread(target=importlib.import_module, args=("clu.metric_writers",), daemon=True).start()
   # Every ConfigError is raised here, before anything is built or compiled, and on every process alike.
   cfg = distributed.same_everywhere("config", lambda: resolve(config))
   members = resolve_members(config)  # None for a solo run (iclscale/population.py)

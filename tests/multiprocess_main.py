@@ -3,6 +3,7 @@ rows of each evaluation set and which parameter shards live on this process, the
 
 The probes go to $MP_PROBE_DIR/process_<i>.json (rewritten after every record, so a killed run leaves its last).
 """
+import atexit
 import json
 import os
 import sys
@@ -70,6 +71,9 @@ def init_state(*args, **kwargs):
 pipeline.ChunkIndices.__call__ = chunk_call
 classification.QueryClassification.__init__ = eval_init
 train.init_state = init_state
+
+# Whether this process imported TensorFlow (through CLU's summary writers: only process 0 should).
+atexit.register(lambda: (PROBE.update(tensorflow="tensorflow" in sys.modules), _dump()))
 
 if __name__ == "__main__":
   # A process started with a different command than the others (the config-hash check must refuse the run).

@@ -113,6 +113,8 @@ def test_one_process_writes_outputs_and_each_writes_its_checkpoint_part(dp_run):
   step = two / "checkpoints" / "30"
   assert sorted(os.listdir(step / "data")) == ["commit_success.txt", "process_0-of-2.json", "process_1-of-2.json"]
   assert {"ocdbt.process_0", "ocdbt.process_1"} <= set(os.listdir(step / "state"))
+  p0, p1 = probes(two)   # process 1 builds no summary writer, so it never imports TensorFlow
+  assert (p0["tensorflow"], p1["tensorflow"]) == (True, False)
 
 
 def stopped_at(log):
