@@ -66,10 +66,11 @@ def run_row(name: str, seconds: float, dtype: str) -> dict:
                      fromlist=["get_config"])
     return training(mod.get_config("quick"), 100 if name == "stylized_2layer" else 50)
   if name == "bursty_tokens":
-    return training(bursty_throughput.config_for("tokens"), 50)
+    return training(bursty_throughput.config_for("tokens"), bursty_throughput.STEPS_PER_DISPATCH["tokens"])
   if name in ("omniglot28_resnet", "omniglot105_resnet"):
     small = name == "omniglot28_resnet"
-    return training(bursty_throughput.config_for("omniglot28" if small else "omniglot105"), 2 if small else 1)
+    setting = "omniglot28" if small else "omniglot105"
+    return training(bursty_throughput.config_for(setting), bursty_throughput.STEPS_PER_DISPATCH[setting])
   if name in ("resnet105", "resnet28"):
     from benchmarks import resnet_encoder  # pylint: disable=g-import-not-at-top
     return resnet_encoder.measure(int(name[len("resnet"):]), seconds=seconds)
