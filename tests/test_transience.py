@@ -80,3 +80,5 @@ def test_a_population_run_gives_one_summary_per_member_with_its_own_l2(tmp_path)
   assert (s0["l2"], s1["l2"]) == (0.0, 1e-3) and s0["num_classes"] == s1["num_classes"] == 300
   assert s0["icl_decay_slope"] == pytest.approx(-0.2) and s1["icl_decay_slope"] == pytest.approx(-0.025)
   assert os.path.getsize(os.path.join(out, "pop_1_l2=0.001_curves.png")) > 0
+  early, _ = transience.main([str(run), "--out", out, "--until", "1000"])   # a common horizon: steps <= 1000
+  assert early["last_step"] == 1000 and early["icl_final"] == 0.9 and math.isnan(early["icl_decay_slope"])

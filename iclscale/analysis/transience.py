@@ -102,12 +102,13 @@ def member_rows(workdir: str) -> dict[str, list[dict]]:
 
 
 def summarize(workdir: str, icl_key: str = ICL_DEFAULT, iwl_key: str = IWL_DEFAULT,
-              iwl_threshold: float = 0.5) -> list[dict]:
+              iwl_threshold: float = 0.5, until: int | None = None) -> list[dict]:
   """One summary per run, or per member of a population run; a member's own optim.l2 (a table column) wins over
-  the config's."""
+  the config's. `until`: only the rows at or before this step (runs of different lengths on one horizon)."""
   flat = run_config(workdir)
   out = []
   for name, rows in member_rows(workdir).items():
+    rows = [r for r in rows if until is None or r["step"] <= until]
     icl_s, icl = results_lib.series(rows, *split_key(icl_key))
     iwl_s, iwl = results_lib.series(rows, *split_key(iwl_key))
     l2 = rows[0].get("optim.l2", flat.get("optim.l2", 0.0)) if rows else flat.get("optim.l2", 0.0)
@@ -179,9 +180,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
   ap.add_argument("--icl", default=ICL_DEFAULT, help="ICL curve as evaluator:metric")
   ap.add_argument("--iwl", default=IWL_DEFAULT, help="IWL curve as evaluator:metric")
   ap.add_argument("--iwl_threshold", type=float, default=0.5, help="IWL onset: first step at or above this")
+  ap.add_argument("--until", type=int, default=None, help="read every run up to this step (a common horizon)")
   args = ap.parse_args(argv)
   os.makedirs(args.out, exist_ok=True)
-  summaries = [s for d in args.runs for s in summarize(d, args.icl, args.iwl, args.iwl_threshold)]
+  summaries = [s for d in args.runs for s in summarize(d, args.icl, args.iwl, args.iwl_threshold, args.until)]
   for s in summaries:
     name = s["name"].replace("/", "_")
     s["curves_png"] = plot_curves(s, os.path.join(args.out, f"{name}_curves.png"), args.icl, args.iwl)
