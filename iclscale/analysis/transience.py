@@ -93,11 +93,15 @@ def member_rows(workdir: str) -> dict[str, list[dict]]:
   if not rows or "member" not in rows[0]:
     return {base: rows}
   fixed = {"step", "evaluator", "metric", "value", "member"}
-  out: dict[str, list[dict]] = {}
+  by_member: dict[int, list[dict]] = {}
   for r in rows:
-    fields = "_".join(f"{k.rsplit('.', 1)[-1]}={r[k]:g}" if isinstance(r[k], float) else f"{k.rsplit('.', 1)[-1]}={r[k]}"
-                      for k in sorted(r) if k not in fixed)
-    out.setdefault(f"{base}/{r['member']}_{fields}" if fields else f"{base}/{r['member']}", []).append(r)
+    by_member.setdefault(r["member"], []).append(r)
+  out: dict[str, list[dict]] = {}
+  for member, member_rows_ in by_member.items():   # named once per member from its first row
+    first = member_rows_[0]
+    fields = "_".join(f"{k.rsplit('.', 1)[-1]}={first[k]:g}" if isinstance(first[k], float)
+                      else f"{k.rsplit('.', 1)[-1]}={first[k]}" for k in sorted(first) if k not in fixed)
+    out[f"{base}/{member}_{fields}" if fields else f"{base}/{member}"] = member_rows_
   return out
 
 
