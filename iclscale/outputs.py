@@ -60,6 +60,7 @@ class Outputs:
     self.results = ResultsTable(workdir, resume_step, ("member",) + members.fields if members else ())
     if writes:
       from clu import metric_writers  # pylint: disable=g-import-not-at-top
+      from iclscale import progress  # pylint: disable=g-import-not-at-top  # imports CLU
       writer = lambda d, **kw: metric_writers.create_default_writer(d, **kw)
     else:
       writer = lambda d, **kw: SilentWriter()
@@ -73,12 +74,8 @@ class Outputs:
       for writer, _, view_cfg in self.views:
         writer.write_hparams({n: (v if isinstance(v, (int, float, str, bool)) else str(v))
                               for n, v in config_lib.flatten(view_cfg).items()})
-    if writes:
-      from iclscale import progress  # pylint: disable=g-import-not-at-top  # imports CLU
-      self.report = progress.SyncedProgress(num_train_steps=cfg.train.num_steps, writer=self.writer,
-                                            every_secs=cfg.report_every_secs)
-    else:
-      self.report = no_report
+    self.report = progress.SyncedProgress(num_train_steps=cfg.train.num_steps, writer=self.writer,
+                                          every_secs=cfg.report_every_secs) if writes else no_report
     built = [evaluators.build(cfg.evals, t, model.apply, mesh) for t in task_list]
     if members is None:
       self.evaluators = built[0]

@@ -129,12 +129,10 @@ def enable_compilation_cache(path: str | None = None, min_compile_secs: float = 
   """Persist compiled programs across processes: re-runs, resumes and sweep members start without compiling.
 
   The cache is `path`, else $ICLSCALE_JAX_CACHE, else the project cache's jax/ folder (cache.cache_dir); programs
-  that compile faster than `min_compile_secs` ($ICLSCALE_JAX_CACHE_MIN_SECS when set) are not stored.
+  that compile faster than `min_compile_secs` are not stored.
   """
   path = path or os.environ.get("ICLSCALE_JAX_CACHE") or str(cache.cache_dir("jax"))
   jax.config.update("jax_compilation_cache_dir", path)
-  # $ICLSCALE_JAX_CACHE_MIN_SECS overrides the threshold (the tests store every program: their runs repeat them).
-  min_compile_secs = float(os.environ.get("ICLSCALE_JAX_CACHE_MIN_SECS", min_compile_secs))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_secs)
 
 
