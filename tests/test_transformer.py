@@ -194,3 +194,38 @@ def test_forward_equals_a_numpy_transcription_of_the_upstream_model():
   got = np.asarray(jax.jit(m.apply)({"params": params}, x, y))
   want = numpy_forward(params, np.asarray(x, np.float64), np.asarray(y), num_layers=2, num_heads=2)
   np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
+
+
+def layer_norm_inputs(offset: float):
+  rng = np.random.default_rng(0)
+  x = (offset + rng.normal(size=(3, 5, 64)) * np.linspace(0.01, 3, 64)).astype(np.float32)
+  params = {"scale": (1 + 0.3 * rng.normal(size=64)).astype(np.float32),
+            "bias": (0.3 * rng.normal(size=64)).astype(np.float32)}
+  return x, params
+
+
+def test_layer_norm_is_two_pass_accurate_far_from_zero():
+  """Inputs with a large common offset, where the one-pass E[x^2] - E[x]^2 form loses most digits: ours is as
+  close to a float64 LayerNorm as flax's two-pass LayerNorm, with the same parameter tree."""
+  x, params = layer_norm_inputs(1e3)
+  x64 = x.astype(np.float64)
+  centered = x64 - x64.mean(-1, keepdims=True)
+  want = centered / np.sqrt((centered ** 2).mean(-1, keepdims=True) + 1e-5) * params["scale"] + params["bias"]
+  ours, ref = transformer.LayerNorm(), nn.LayerNorm(1e-5, use_fast_variance=False)
+  assert jax.tree.structure(ours.init(jax.random.key(0), x)) == jax.tree.structure(ref.init(jax.random.key(0), x))
+  err = lambda m: np.abs(np.asarray(m.apply({"params": params}, x), np.float64) - want).max()
+  assert err(ours) <= 2 * err(ref) + 1e-6
+  assert err(nn.LayerNorm(1e-5, use_fast_variance=True)) > 20 * err(ours)   # the form this test would catch
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_layer_norm_equals_flax_layer_norm_in_each_compute_dtype(dtype):
+  """Same values and output dtype as flax's LayerNorm for float32 and bfloat16 inputs and parameters (statistics in
+  float32 in both)."""
+  cast = lambda t: jax.tree.map(lambda v: jnp.asarray(v, dtype), t)
+  x, params = cast(layer_norm_inputs(0.5))
+  got = transformer.LayerNorm().apply({"params": params}, x)
+  want = nn.LayerNorm(1e-5, use_fast_variance=False).apply({"params": params}, x)
+  assert got.dtype == want.dtype == jnp.dtype(dtype)
+  tol = 1e-5 if dtype == "float32" else 2e-2
+  np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=tol, atol=tol)
