@@ -24,11 +24,11 @@ DEFAULTS = dict(
     data=-1,         # data-parallel axis size (-1 = whatever the other axes leave)
     fsdp=1,          # parameters sharded over this axis, batch split over data x fsdp
     model=1,         # tensor-parallel axis for models that define model-axis rules
+    fsdp_min_size=2**18,  # parameters with fewer elements stay replicated under fsdp (the gathers would cost more)
 )
 AXES = ("population", "data", "fsdp", "model")
 POPULATION = "population"
 BATCH_AXES = ("data", "fsdp")
-FSDP_MIN_SIZE = 2**18  # parameters smaller than this stay replicated: sharding them costs more than it saves
 
 
 def axis_sizes(cfg, num_devices: int) -> tuple[int, int, int, int]:
@@ -84,9 +84,10 @@ def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def fsdp_spec(shape: tuple[int, ...], fsdp: int) -> P:
-  """Shard the largest dimension divisible by the fsdp size; small or indivisible arrays stay replicated."""
-  if fsdp == 1 or math.prod(shape) < FSDP_MIN_SIZE:
+def fsdp_spec(shape: tuple[int, ...], fsdp: int, min_size: int = DEFAULTS["fsdp_min_size"]) -> P:
+  """Shard the largest dimension divisible by the fsdp size; arrays under `min_size` elements or with no divisible
+  dimension stay replicated."""
+  if fsdp == 1 or math.prod(shape) < min_size:
     return P()
   for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
     if shape[dim] % fsdp == 0:
@@ -96,12 +97,13 @@ def fsdp_spec(shape: tuple[int, ...], fsdp: int) -> P:
   return P()
 
 
-def param_shardings(abstract_params: Any, mesh, specs: Any = None, population: bool = False) -> Any:
-  """NamedShardings for a parameter tree: model-provided specs if given, else the fsdp rule. With `population`,
-  `abstract_params` is one member's tree and the shardings are of the stacked tree [P, ...]: the leading axis
-  over 'population', the member's own spec after it."""
+def param_shardings(abstract_params: Any, mesh, specs: Any = None, population: bool = False,
+                    fsdp_min_size: int = DEFAULTS["fsdp_min_size"]) -> Any:
+  """NamedShardings for a parameter tree: model-provided specs if given, else the fsdp rule (`fsdp_spec`). With
+  `population`, `abstract_params` is one member's tree and the shardings are of the stacked tree [P, ...]: the
+  leading axis over 'population', the member's own spec after it."""
   if specs is None:
-    specs = jax.tree.map(lambda x: fsdp_spec(x.shape, mesh.shape["fsdp"]), abstract_params)
+    specs = jax.tree.map(lambda x: fsdp_spec(x.shape, mesh.shape["fsdp"], fsdp_min_size), abstract_params)
   if population:
     specs = jax.tree.map(lambda s: P(POPULATION, *s), specs, is_leaf=lambda s: isinstance(s, P))
   return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda s: isinstance(s, P))

@@ -101,6 +101,7 @@ def resolve_solo(config: ml_collections.ConfigDict) -> ml_collections.FrozenConf
   config_lib.check_one_of(out.data, "pipeline", "data", ("grain", "device"))
   config_lib.check_positive(out.data, "prefetch", "data")
   out.mesh = config_lib.with_defaults(config.mesh, mesh_lib.DEFAULTS, "mesh")
+  config_lib.check_positive(out.mesh, "fsdp_min_size", "mesh", allow_zero=True)
   out.checkpoint = config_lib.with_defaults(config.checkpoint, ckpt_lib.DEFAULTS, "checkpoint")
   ckpt_lib.validate(out.checkpoint)
   k = tr.steps_per_dispatch
@@ -259,7 +260,8 @@ def init_state(cfg, task: contracts.Task, model: contracts.Model, mesh,
   # One member's tree: what loading, optimizer scopes and sharding rules describe.
   one = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), abstract) if population else abstract
   loaded = load_params(model, one, members.size if population else 1)
-  shardings = mesh_lib.param_shardings(one, mesh, model.param_specs and model.param_specs(one, mesh), population)
+  shardings = mesh_lib.param_shardings(one, mesh, model.param_specs and model.param_specs(one, mesh), population,
+                                       cfg.mesh.fsdp_min_size)
   tx, lr_fn = optim.build(cfg.optim, one, cfg.train.num_steps)
 
   def rest(params):

@@ -65,6 +65,8 @@ CASES = [
      "config.evals.grid.type: unknown evaluator type"),
     ("heads_do_not_divide_width", lambda t: [f"--config={TINY}", "--config.model.num_heads=3"], "config.model.num_heads"),
     ("too_many_devices", lambda t: [f"--config={TINY}", "--config.mesh.num_devices=99"], "config.mesh.num_devices"),
+    ("negative_fsdp_min_size", lambda t: [f"--config={TINY}", "--config.mesh.fsdp_min_size=-1"],
+     "config.mesh.fsdp_min_size: must be >= 0"),
     ("unknown_pipeline", lambda t: [f"--config={TINY}", "--config.data.pipeline=tfdata"], "config.data.pipeline"),
     ("negative_seed", lambda t: [f"--config={TINY}", "--config.seed=-1"], "config.seed: must be an int >= 0"),
     ("zero_report_interval", lambda t: [f"--config={TINY}", "--config.report_every_secs=0"], "report_every_secs"),

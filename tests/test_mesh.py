@@ -34,6 +34,8 @@ def test_fsdp_rule_shards_only_large_divisible_arrays():
   assert mesh_lib.fsdp_spec((64, 64), 4) == P()            # small: replicated
   assert mesh_lib.fsdp_spec((1023, 513), 4) == P()         # indivisible: replicated
   assert mesh_lib.fsdp_spec((1024, 512), 1) == P()
+  assert mesh_lib.fsdp_spec((64, 64), 4, min_size=64 * 64) == P("fsdp", None)   # mesh.fsdp_min_size lowered
+  assert mesh_lib.fsdp_spec((64, 64), 4, min_size=64 * 64 + 1) == P()
 
 
 def test_batch_is_split_over_data_and_fsdp_and_hosts_read_all_rows():

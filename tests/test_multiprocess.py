@@ -28,8 +28,8 @@ TIMEOUT = 900    # seconds any launch may take before it is killed (a 2-core mac
 # Every cadence at each 10-step dispatch: checkpoints (interval and milestones), evals and train logs.
 DP = {"train.num_steps": 30, "checkpoint.every": 10, "checkpoint.per_decade": 4, "eval_every": 10,
       "train.log_every": 10, "mesh.num_devices": 0}
-FSDP = dict(DP, **{"train.num_steps": 20, "mesh.data": 1, "mesh.fsdp": 8, "model.width": 256, "task.dim": 256,
-                   "plot": False})
+# The tiny model's matrices (64 x 64 and up) sharded over fsdp = 8: the threshold lowered from its default.
+FSDP = dict(DP, **{"train.num_steps": 20, "mesh.data": 1, "mesh.fsdp": 8, "mesh.fsdp_min_size": 1024, "plot": False})
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 # The tests that read the dp_run launch share one xdist worker (pytest -n 2 --dist loadgroup), so it runs once;
@@ -48,8 +48,16 @@ def start(workdir, overrides, *extra, config=TINY, probe=True, heartbeat=HEARTBE
   return launch_local.LocalJob(2, 4, args, main=WORKER if probe else os.path.join(ROOT, "main.py"), env=env)
 
 
-def run(workdir, overrides, *extra, **kwargs):
+def run(workdir, overrides, *extra, meanwhile=None, **kwargs):
+  """Runs a 2-process job to its end; `meanwhile()` (the 1-process reference run) runs here while the job's
+  processes start up and compile, which they spend mostly waiting on each other."""
   job = start(workdir, overrides, *extra, **kwargs)
+  try:
+    if meanwhile:
+      meanwhile()
+  except BaseException:
+    job.kill()
+    raise
   codes = job.wait(grace=HEARTBEAT + 20, timeout=TIMEOUT)
   return job, codes
 
@@ -75,9 +83,8 @@ def dp_run(tmp_path_factory):
   """One uninterrupted 2-process data-parallel run (the reference of the resume tests) and its 1 x 8 twin."""
   from conftest import tiny_config  # pylint: disable=g-import-not-at-top
   base = tmp_path_factory.mktemp("dp")
-  job, codes = run(base / "two", DP)
+  job, codes = run(base / "two", DP, meanwhile=lambda: train.run(tiny_config(**DP), str(base / "one")))
   assert codes == [0, 0], job.log(0)[-3000:] + job.log(1)[-3000:]
-  train.run(tiny_config(**DP), str(base / "one"))
   return base
 
 
@@ -177,14 +184,29 @@ def test_one_process_killed_ends_the_other_within_the_heartbeat_timeout(tmp_path
 
 def test_fsdp_mesh_over_two_processes(tmp_path):
   from conftest import tiny_config  # pylint: disable=g-import-not-at-top
-  job, codes = run(tmp_path / "two", FSDP)
+  job, codes = run(tmp_path / "two", FSDP, meanwhile=lambda: train.run(tiny_config(**FSDP), str(tmp_path / "one")))
   assert codes == [0, 0], job.log(0)[-3000:] + job.log(1)[-3000:]
-  train.run(tiny_config(**FSDP), str(tmp_path / "one"))
   assert_same_run(table(tmp_path / "two"), table(tmp_path / "one"))
   p0, p1 = probes(tmp_path / "two")
   split = [i for i, (n, local) in enumerate(p0["params"]) if local < n]
   assert split and all(p0["params"][i][1] * 2 == p0["params"][i][0] == p1["params"][i][1] * 2 for i in split)
   assert os.listdir(tmp_path / "two" / "checkpoints" / "20" / "state" / "ocdbt.process_1" / "d")
+
+
+def test_population_split_over_two_processes(tmp_path):
+  """4 members over population=4 x data=2 on 2 processes: each process trains its 2 members (their indices made
+  on that host only) and the one table equals the same population in one process of 8 devices."""
+  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  over = dict(DP, **{"mesh.population": 4, "mesh.data": 2, "plot": False})
+  pop = "--population_zip=seed=0,1,2,3 task.dataset_size=64,64,1024,1024"
+  c = tiny_config(**over)
+  c.population = dict(product={}, zip=dict(seed=(0, 1, 2, 3), task=dict(dataset_size=(64, 64, 1024, 1024))))
+  job, codes = run(tmp_path / "two", over, pop, probe=False, meanwhile=lambda: train.run(c, str(tmp_path / "one")))
+  assert codes == [0, 0], job.log(0)[-3000:] + job.log(1)[-3000:]
+  two, one = results.read(str(tmp_path / "two")), results.read(str(tmp_path / "one"))
+  assert {r["member"] for r in two} == {0, 1, 2, 3}
+  assert_same_run([(r["step"], f'{r["member"]}/{r["evaluator"]}', r["metric"], r["value"]) for r in two],
+                  [(r["step"], f'{r["member"]}/{r["evaluator"]}', r["metric"], r["value"]) for r in one])
 
 
 def test_gemma_finetuning_with_parameters_split_over_two_processes(tmp_path):
@@ -246,26 +268,9 @@ def test_too_few_processes_stop_every_process_within_the_init_timeout(tmp_path):
   """2 started, 3 expected: JAX's distributed runtime ends both (its own fatal line, not a Python error) once
   --init_timeout passes; nothing is written."""
   wd = tmp_path / "bad"
-  job = start(wd, {"train.num_steps": 20}, "--init_timeout=10", "--num_processes=3")
+  job = start(wd, {"train.num_steps": 20}, "--init_timeout=5", "--num_processes=3")
   t0 = time.monotonic()
   codes = job.wait(grace=HEARTBEAT + 20, timeout=120)
   assert all(c not in (0, None) for c in codes) and time.monotonic() - t0 < 110
   assert all("RegisterTask" in job.log(i) or "Terminating process" in job.log(i) for i in range(2))
   assert os.listdir(wd) == ["logs"]
-
-
-def test_population_split_over_two_processes(tmp_path):
-  """4 members over population=4 x data=2 on 2 processes: each process trains its 2 members (their indices made
-  on that host only) and the one table equals the same population in one process of 8 devices."""
-  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
-  over = dict(DP, **{"mesh.population": 4, "mesh.data": 2, "plot": False})
-  pop = "--population_zip=seed=0,1,2,3 task.dataset_size=64,64,1024,1024"
-  job, codes = run(tmp_path / "two", over, pop, probe=False)
-  assert codes == [0, 0], job.log(0)[-3000:] + job.log(1)[-3000:]
-  c = tiny_config(**over)
-  c.population = dict(product={}, zip=dict(seed=(0, 1, 2, 3), task=dict(dataset_size=(64, 64, 1024, 1024))))
-  train.run(c, str(tmp_path / "one"))
-  two, one = results.read(str(tmp_path / "two")), results.read(str(tmp_path / "one"))
-  assert {r["member"] for r in two} == {0, 1, 2, 3}
-  assert_same_run([(r["step"], f'{r["member"]}/{r["evaluator"]}', r["metric"], r["value"]) for r in two],
-                  [(r["step"], f'{r["member"]}/{r["evaluator"]}', r["metric"], r["value"]) for r in one])
