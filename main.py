@@ -28,7 +28,15 @@ EXIT_FAILED = 1      # the run started and stopped early (non-finite loss, disk 
 
 def fail(msg: str, code: int = EXIT_BAD_INPUT):
   """Exits with the one line `error: msg`."""
-  print(f"error: {' '.join(str(msg).split())}", file=sys.stderr)
+  print(f"error: {' '.join(str(msg).split())}", file=sys.stderr, flush=True)
+  if distributed.is_multiprocess():
+    # Every process stops at the same check. Leave together through JAX's shutdown barrier (process 0's
+    # coordination service must outlive the others' last request), then skip the interpreter's teardown of the
+    # collectives, which races with the peers' exit and can abort (SIGABRT) after the error line.
+    distributed.shutdown()
+    sys.stdout.flush()
+    logging.flush()
+    os._exit(code)  # pylint: disable=protected-access
   sys.exit(code)
 
 

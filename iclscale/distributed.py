@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 from typing import Any, Callable
 
@@ -121,6 +122,24 @@ def initialize_from_flags() -> None:
   f = flags.FLAGS
   initialize(f.distributed, f.coordinator_address, f.num_processes, f.process_id, f.init_timeout,
              f.heartbeat_timeout)
+
+
+def is_multiprocess() -> bool:
+  """True once jax.distributed is up with more than one process (without importing JAX when it is not loaded)."""
+  if "jax" not in sys.modules:
+    return False
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.distributed.is_initialized() and jax.process_count() > 1
+
+
+def shutdown() -> None:
+  """jax.distributed.shutdown(): waits at JAX's shutdown barrier for every process. A failure (a peer already gone)
+  is one warning line: the caller is exiting anyway."""
+  import jax  # pylint: disable=g-import-not-at-top
+  try:
+    jax.distributed.shutdown()
+  except Exception as e:  # pylint: disable=broad-except  # JaxRuntimeError from the coordination service
+    logging.warning("distributed shutdown: %s", (str(e).strip().splitlines() or [type(e).__name__])[0][:200])
 
 
 def _client():

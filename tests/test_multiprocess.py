@@ -233,14 +233,14 @@ def assert_refused(job, codes, workdir, message):
 
 
 @pytest.mark.parametrize("extra,env,message", [
-    (["--config.mesh.data=3"], {}, "cannot be split into axes"),               # 8 global devices
+    (["--config.mesh.data=3"], {}, "8 devices cannot be split into axes"),     # 2 processes x 4 devices
     ([], {"MP_PROCESS_1_EXTRA": "--config.seed=1"}, "different config"),       # processes disagree
 ])
 def test_bad_multiprocess_input_fails_on_every_process(tmp_path, extra, env, message):
   wd = tmp_path / "bad"
   os.environ.update(env)
   try:
-    job = start(wd, {"train.num_steps": 20}, "--init_timeout=10", *extra)
+    job = start(wd, {"train.num_steps": 20, "mesh.num_devices": 0}, "--init_timeout=10", *extra)
   finally:
     for k in env:
       del os.environ[k]
