@@ -31,3 +31,12 @@ def test_timed_span_and_flops_per_step(tiny):
   analytic = 6 * params * 32 * 3
   assert 0.8 * analytic < out["flops_per_step"] < 1.6 * analytic, (out["flops_per_step"], analytic)
   assert jax.device_count() == 8  # (conftest's simulated devices; the row used one of them)
+
+
+def test_drift_is_the_largest_relative_difference_per_step():
+  from benchmarks import drift  # pylint: disable=g-import-not-at-top
+  a = {(10, "train", "loss"): 2.0, (10, "e", "error"): 0.5, (20, "train", "loss"): 1.0, (30, "only", "a"): 1.0}
+  b = {(10, "train", "loss"): 2.2, (10, "e", "error"): 0.5, (20, "train", "loss"): 0.0}
+  out = drift.largest_rel_diff(a, b)
+  assert out.keys() == {10, 20}   # steps logged by both runs only
+  assert np.isclose(out[10], 0.2 / (2.0 + 1e-6)) and np.isclose(out[20], 1.0 / (1.0 + 1e-6))

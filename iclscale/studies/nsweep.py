@@ -16,7 +16,8 @@ column says how many.
 Each (p_relevant, N, seed) run lives in its own sub-workdir and is an ordinary run (resumable, skipped when done).
 With --population the whole grid (p values x N x seeds) is one population run in <workdir>/population: one
 program, one checkpoint, one results table with the members' p_relevant, dataset_size and seed as columns
-(iclscale/population.py); each member is exactly the run the one-at-a-time mode trains.
+(iclscale/population.py); each member is the run the one-at-a-time mode trains, equal up to float rounding, which
+training amplifies once a member's loss reaches 0 (benchmarks/drift.py): compare the modes by means over seeds.
 Reported values are the evaluators at the last step, mean ± standard error over seeds.
 """
 from __future__ import annotations
