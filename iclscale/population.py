@@ -1,7 +1,8 @@
 """Populations: the members of a study (seeds x dataset sizes x hyperparameters) trained side by side in one program.
 
 A config's `population` block names the fields that vary between members, as a product and/or a zip over config
-paths; every other field is shared. Member i is exactly the solo run of the config with member i's values: its
+paths; every other field is shared. Member i is the solo run of the config with member i's values (up to the
+order of float operations in the batched program; benchmarks/drift.py measures what that amounts to): its
 own seed (initialization, data stream, evaluation sets), its own dataset size N (a bound of its index sampler,
 not a shape) and its own hyperparameters (arrays, not compiled constants). The loop stacks the members'
 parameters and optimizer states on a leading axis and vmaps one member's step over it (train.py), so no member's
@@ -61,7 +62,7 @@ class Members:
   def hparams(self, shared_lr: float) -> dict[str, np.ndarray]:
     """The per-member hyperparameter arrays the step reads, for the optimizer fields that vary: `lr_scale` (the
     member's lr over the shared config's) and `l2`. Fields that do not vary stay compiled constants, so such a
-    population computes exactly what its solo runs compute."""
+    population computes what its solo runs compute, up to rounding."""
     out = {}
     if "optim.lr" in self.fields:
       out["lr_scale"] = np.array([c.optim.lr / shared_lr for c in self.cfgs], np.float32)
