@@ -17,7 +17,8 @@ Each (p_relevant, N, seed) run lives in its own sub-workdir and is an ordinary r
 With --population the whole grid (p values x N x seeds) is one population run in <workdir>/population: one
 program, one checkpoint, one results table with the members' p_relevant, dataset_size and seed as columns
 (iclscale/population.py); each member is the run the one-at-a-time mode trains, equal up to float rounding, which
-training amplifies once a member's loss reaches 0 (benchmarks/drift.py): compare the modes by means over seeds.
+training amplifies over thousands of steps as it does a change of device count (benchmarks/drift.py): compare the
+modes by means over seeds.
 Reported values are the evaluators at the last step, mean ± standard error over seeds.
 """
 from __future__ import annotations
