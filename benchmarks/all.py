@@ -23,6 +23,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from iclscale import launch_local  # pylint: disable=wrong-import-position  # (imports no JAX)
+
 # Dense peak FLOP/s per chip, (bf16, f32), from the vendors' datasheets. f32 on NVIDIA: JAX's default matmul
 # precision runs f32 matmuls on TF32 tensor cores, so the TF32 dense peak; on TPUs the default precision runs
 # f32 matmuls as one bf16 pass, so the bf16 peak. First match of the substring in jax's `device_kind` wins.
@@ -131,8 +133,7 @@ def environment() -> dict:
 def child_env() -> dict:
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   # One device per row: on a CPU, do not split the host into simulated devices (tests do that).
-  flags = [f for f in env.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f]
-  env["XLA_FLAGS"] = " ".join(flags)
+  env["XLA_FLAGS"] = launch_local.xla_flags(env.get("XLA_FLAGS", ""), None)
   return env
 
 

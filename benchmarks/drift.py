@@ -5,9 +5,9 @@
   python -m benchmarks.drift --steps 5000 --log2n 12 --json drift.json
 
 Prints, per evaluation step, the largest relative difference over every logged value of the two pairs, the solo
-run's training loss, and the OOBD relevant-context C_L error (the N sweep's ICL cell) of the three runs. If the population drifts no further
-from the solo run than the 2-device run does, the drift is float rounding amplified by training, not the
-population mechanism. Runs in a temporary workdir unless --workdir is given.
+run's training loss, and the OOBD relevant-context C_L error (the N sweep's ICL cell) of the three runs. If the
+population drifts no further from the solo run than the 2-device run does, the drift is float rounding amplified
+by training, not the population mechanism. Runs in a temporary workdir unless --workdir is given.
 """
 import argparse
 import collections
@@ -58,9 +58,9 @@ def main():
   ap.add_argument("--workdir", default=None, help="where the three runs go (default: a temporary directory)")
   ap.add_argument("--json", default=None, help="also write the figures here")
   args = ap.parse_args()
-  os.environ["XLA_FLAGS"] = " ".join(  # 2 CPU devices for the data-parallel twin (before JAX is imported)
-      [f for f in os.environ.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f] +
-      ["--xla_force_host_platform_device_count=2"])
+  from iclscale import launch_local  # pylint: disable=g-import-not-at-top  # (imports no JAX)
+  # 2 CPU devices for the data-parallel twin, set before JAX is imported.
+  os.environ["XLA_FLAGS"] = launch_local.xla_flags(os.environ.get("XLA_FLAGS", ""), 2)
   from iclscale import train  # pylint: disable=g-import-not-at-top
   workdir = args.workdir or tempfile.mkdtemp(prefix="drift_")
   tables, seconds = {}, {}

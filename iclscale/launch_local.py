@@ -40,13 +40,18 @@ def workdir_of(main_args: list[str]) -> str | None:
   return None
 
 
+def xla_flags(flags: str, devices: int | None) -> str:
+  """`flags` ($XLA_FLAGS) with its simulated CPU device count replaced by `devices` (None/0: removed, so the host
+  is one device)."""
+  kept = re.sub(r"--xla_force_host_platform_device_count=\S+", "", flags).split()
+  return " ".join(kept + ([f"--xla_force_host_platform_device_count={devices}"] if devices else []))
+
+
 def process_env(base: dict, i: int, n: int, devices: int, address: str) -> dict:
   env = dict(base)
-  flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", env.get("XLA_FLAGS", "")).strip()
   if devices:
-    flags = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
     env["JAX_PLATFORMS"] = "cpu"
-  env["XLA_FLAGS"] = flags
+  env["XLA_FLAGS"] = xla_flags(env.get("XLA_FLAGS", ""), devices)
   env.update(JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES=str(n), JAX_PROCESS_ID=str(i))
   return env
 

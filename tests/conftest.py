@@ -1,6 +1,5 @@
 """Test set-up: 8 simulated CPU devices (set before JAX starts), fast compilation, tiny configs."""
 import os
-import re
 import sys
 
 # XLA's CPU backend without LLVM's optimisation passes: the tests' programs are tiny and run for a few steps, so
@@ -17,8 +16,8 @@ os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8")
 def child_xla_flags(devices: int | None = None) -> str:
   """$XLA_FLAGS for a process a test starts: this session's flags with `devices` simulated CPU devices (None: the
   platform's own count, as a user's machine)."""
-  flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", "")).split()
-  return " ".join(flags + ([f"--xla_force_host_platform_device_count={devices}"] if devices else []))
+  from iclscale import launch_local  # pylint: disable=g-import-not-at-top
+  return launch_local.xla_flags(os.environ.get("XLA_FLAGS", ""), devices)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
