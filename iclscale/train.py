@@ -406,6 +406,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
                                       restored is None, lr_fn, members)
       if tr.eval_at_start and restored is None and outputs.evaluators:
         outputs.evaluate(0, state["params"])
+      # One program for the window's sums (not one per metric): the loop dispatches a few programs per chunk, never
+      # a burst (checkpoint.copy_tree says why a burst can stall a multi-device CPU run).
+      clear_sums = jax.jit(lambda sums: jax.tree.map(jnp.zeros_like, sums),
+                           out_shardings=jax.tree.map(lambda x: x.sharding, state["sums"]))
       first_dispatch = None
       while step < tr.num_steps:
         if preemption.due():
@@ -435,7 +439,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, start_time: float | Non
         # Train metrics are also logged at every save, so a resumed run logs the same windows as an unbroken one.
         if do_eval or do_save or ckpt_lib.itstime(step, tr.log_every, tr.num_steps):
           pending.append((step, functools.partial(outputs.log_train, step, state["sums"])))
-          state = dict(state, sums=jax.tree.map(jnp.zeros_like, state["sums"]))
+          state = dict(state, sums=clear_sums(state["sums"]))
         snapshot = checkpointer.snapshot(state, data_iter) if do_save else None
         if do_save:   # before the evaluation, which then overlaps the background write
           pending.append((step, functools.partial(checkpointer.save, step, *(snapshot or (state, data_iter)))))

@@ -124,6 +124,11 @@ def test_one_process_writes_outputs_and_each_writes_its_checkpoint_part(dp_run):
   assert (p0["tensorflow"], p1["tensorflow"]) == (True, False)
 
 
+def tails(job, chars=2000):
+  """Both processes' log ends: a stall shows where each one stopped."""
+  return "".join(f"\n--- process {i} ---\n{job.log(i)[-chars:]}" for i in range(len(job.procs)))
+
+
 def stopped_at(log):
   m = re.search(r"Preempted: saved step (\d+)", log)
   return int(m.group(1)) if m else None
@@ -138,7 +143,7 @@ def test_kill_then_preempt_one_then_resume_ends_as_the_uninterrupted_run(dp_run,
   job = start(wd, long, probe=False)
   try:
     # At the step-30 log the step-10 checkpoint is complete (Orbax finishes a save before starting the next).
-    assert job.wait_for(r"\[30\] .*train/loss", 0, TIMEOUT), job.log(0)[-2000:]
+    assert job.wait_for(r"\[30\] .*train/loss", 0, TIMEOUT), tails(job)
     job.signal(signal.SIGKILL)
     codes = job.wait(grace=0, timeout=60)
   finally:
@@ -147,7 +152,7 @@ def test_kill_then_preempt_one_then_resume_ends_as_the_uninterrupted_run(dp_run,
 
   job = start(wd, long, probe=False)   # the same command: resumes from the last complete checkpoint
   try:
-    assert job.wait_for("First training step dispatched", 1, TIMEOUT), job.log(1)[-2000:]
+    assert job.wait_for("First training step dispatched", 1, TIMEOUT), tails(job)
     job.signal(signal.SIGTERM, [1])   # a preemption notice on one worker only
     codes = job.wait(grace=HEARTBEAT + 20, timeout=TIMEOUT)
   finally:
@@ -160,7 +165,7 @@ def test_kill_then_preempt_one_then_resume_ends_as_the_uninterrupted_run(dp_run,
   assert str(stops[0]) in os.listdir(wd / "checkpoints") and "Traceback" not in logs[0] + logs[1]
 
   job, codes = run(wd, DP, probe=False)   # the original length: ends at step 30 (or is already there)
-  assert codes == [0, 0], job.log(0)[-2000:]
+  assert codes == [0, 0], tails(job)
   upto = lambda rows: [r for r in rows if r[0] <= 30]
   assert upto(table(wd)) == table(dp_run / "two")
 
@@ -171,7 +176,7 @@ def test_one_process_killed_ends_the_other_within_the_heartbeat_timeout(tmp_path
   The launcher's grace period is set far longer, so it is JAX, not the launcher, that ends the survivor."""
   job = start(tmp_path / "lost", dict(DP, **{"train.num_steps": 100000}), probe=False, heartbeat=LOST_HEARTBEAT)
   try:
-    assert job.wait_for("First training step dispatched", 1, TIMEOUT), job.log(1)[-2000:]
+    assert job.wait_for("First training step dispatched", 1, TIMEOUT), tails(job)
     job.signal(signal.SIGKILL, [1])
     t0 = time.monotonic()
     job.procs[0].wait(timeout=LOST_HEARTBEAT + 50)
